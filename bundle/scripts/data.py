@@ -1,0 +1,231 @@
+"""Data preparation: DSB2018 original layout -> one grayscale image and one binary label per sample, datalists.
+
+DSB2018 ``stage1_train`` keeps ``<root>/<id>/images/<id>.png`` (RGBA) and one PNG per nucleus in
+``<root>/<id>/masks/``. :func:`prepare_dsb2018` writes, as in the paper (section V.A),
+
+- ``<out>/images/<id>.png``: the image converted to 8-bit grayscale,
+- ``<out>/labels/<id>.png``: the logical OR of its nucleus masks, 0 background and 255 nucleus,
+- ``<out>/datalist.json``: ``{"training": [...], "validation": [...]}`` with paths relative to ``<out>``, a seeded split
+  stratified by image type (``fluorescence``, ``brightfield`` gray, ``colour`` such as H&E).
+
+Command line: ``python -m scripts.prepare dsb2018 --src <stage1_train> --out <dir> [--fixes <fixes dir>]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from monai.data import load_decathlon_datalist, partition_dataset_classes
+from PIL import Image
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "to_grayscale",
+    "image_group",
+    "prepare_dsb2018",
+    "split_datalist",
+    "write_json_atomic",
+    "load_datalist",
+    "list_images",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+GROUPS = ("fluorescence", "brightfield", "colour")
+
+
+def to_grayscale(img: Image.Image) -> Image.Image:
+    """PIL converter to one channel: 8-bit colour (RGB, RGBA, palette, LA) to luminance ``L`` (ITU-R 601-2);
+    16-bit and 32-bit integer or float images to float ``F`` so that no intensity range is lost."""
+    if img.mode in ("L", "F"):
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return img.convert("I").convert("F") if img.mode != "I" else img.convert("F")
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return img.convert("L")
+
+
+def image_group(rgb: np.ndarray) -> str:
+    """Image type of an ``(H, W, 3)`` uint8 image: ``colour`` if channels differ (H&E, brightfield stains),
+    otherwise ``fluorescence`` for a dark background and ``brightfield`` for a light one."""
+    rgb = rgb.astype(np.int16)
+    if np.abs(rgb[..., 0] - rgb[..., 1]).mean() > 1 or np.abs(rgb[..., 1] - rgb[..., 2]).mean() > 1:
+        return "colour"
+    return "fluorescence" if np.median(rgb[..., 0]) < 100 else "brightfield"
+
+
+def _save_png_atomic(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=4)
+    os.replace(tmp, path)
+
+
+def _convert_one(sample_dir: Path, out: Path) -> dict:
+    sid = sample_dir.name
+    image_file = sample_dir / "images" / f"{sid}.png"
+    try:
+        with Image.open(image_file) as im:
+            rgb = np.asarray(im.convert("RGB"))
+            gray = np.asarray(to_grayscale(im))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{image_file}: cannot read the image ({e}).") from e
+    mask_files = sorted((sample_dir / "masks").glob("*.png"))
+    if not mask_files:
+        raise ValueError(f"{sample_dir / 'masks'}: no nucleus masks for image {sid}.")
+    label = np.zeros(gray.shape, dtype=bool)
+    for mf in mask_files:
+        try:
+            with Image.open(mf) as m:
+                mask = np.asarray(m.convert("L")) > 0
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{mf}: cannot read the mask ({e}).") from e
+        if mask.shape != label.shape:
+            raise ValueError(f"{mf}: mask size {mask.shape} differs from image size {label.shape} of {image_file}.")
+        label |= mask
+    _save_png_atomic(gray.astype(np.uint8), out / "images" / f"{sid}.png")
+    _save_png_atomic(label.astype(np.uint8) * 255, out / "labels" / f"{sid}.png")
+    return {"image": f"images/{sid}.png", "label": f"labels/{sid}.png", "id": sid, "group": image_group(rgb)}
+
+
+def prepare_dsb2018(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    fixes: str | os.PathLike | None = None,
+    ids: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, list[dict]]:
+    """Convert DSB2018 ``stage1_train`` at ``src`` into ``out`` and write ``out/datalist.json``.
+
+    Args:
+        src: the ``stage1_train`` folder (one sub-folder per image id).
+        out: output folder.
+        fixes: optional community fixes folder (``stage1_train/<id>/`` replacement folders and ``removed_ids.txt``);
+            a fixed folder replaces the original one and removed ids are dropped.
+        ids: convert only these ids (default: all).
+        val_fraction: share of images in the validation split.
+        seed: seed of the split.
+        progress: show a progress bar.
+
+    Returns:
+        the datalist written to ``out/datalist.json``.
+    """
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise FileNotFoundError(f"DSB2018 folder not found: {src}")
+    folders = {p.name: p for p in sorted(src.iterdir()) if p.is_dir()}
+    if fixes is not None:
+        fixes = Path(fixes)
+        fixed_root = fixes / "stage1_train" if (fixes / "stage1_train").is_dir() else fixes
+        for p in sorted(fixed_root.iterdir()):
+            if p.is_dir() and p.name in folders:
+                folders[p.name] = p
+        removed_file = fixes / "removed_ids.txt"
+        if removed_file.is_file():
+            for rid in removed_file.read_text().split():
+                folders.pop(rid, None)
+    if ids is not None:
+        missing = sorted(set(ids) - set(folders))
+        if missing:
+            raise ValueError(f"ids not found in {src}: {missing}")
+        folders = {k: folders[k] for k in ids}
+    if not folders:
+        raise ValueError(f"no image folders found in {src}.")
+    items = []
+    iterator = folders.values()
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, total=len(folders), desc="prepare DSB2018")
+    for folder in iterator:
+        items.append(_convert_one(folder, out))
+    datalist = split_datalist(items, val_fraction=val_fraction, seed=seed)
+    write_json_atomic(datalist, out / "datalist.json")
+    logger.info(
+        f"wrote {len(datalist['training'])} training and {len(datalist['validation'])} validation samples to {out}"
+    )
+    return datalist
+
+
+def split_datalist(items: list[dict], val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[dict]]:
+    """Seeded train/validation split, stratified by the items' ``group`` key when present."""
+    if not items:
+        raise ValueError("cannot split an empty datalist.")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    groups = [it.get("group", "all") for it in items]
+    names = sorted(set(groups))
+    train, val = partition_dataset_classes(
+        items, classes=[names.index(g) for g in groups], ratios=[1 - val_fraction, val_fraction], shuffle=True, seed=seed
+    )
+    return {"training": train, "validation": val}
+
+
+def load_datalist(
+    path: str | os.PathLike,
+    key: str = "training",
+    base_dir: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> list[dict]:
+    """Read the ``key`` list (``"training"`` or ``"validation"``) of a datalist JSON.
+
+    The file holds ``{"training": [...], "validation": [...]}`` (Decathlon style) or a plain ``[{"image", "label"}]``
+    list, which is split with :func:`split_datalist` (``val_fraction``, ``seed``) so that validation never sees
+    training images. Relative paths are resolved against ``base_dir`` (default: the file's folder).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist not found: {path}")
+    with open(path) as f:
+        content = json.load(f)
+    base_dir = Path(base_dir) if base_dir is not None else path.parent
+    if isinstance(content, list):  # a plain list of samples
+        items = [
+            {k: str(base_dir / v) if k in ("image", "label") and not os.path.isabs(v) else v for k, v in it.items()}
+            for it in content
+        ]
+        data = split_datalist(items, val_fraction=val_fraction, seed=seed)[key]
+    elif key in content:
+        data = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key, base_dir=str(base_dir))
+    else:
+        raise KeyError(f"{path} has no '{key}' list (keys: {sorted(content)}).")
+    if not data:
+        raise ValueError(f"{path}: the '{key}' list is empty.")
+    return data
+
+
+def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[dict]:
+    """``[{"image": path}]`` for every image file directly inside ``folder`` (sorted), for inference."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(suffixes)}) in {folder}.")
+    return [{"image": str(p)} for p in files]

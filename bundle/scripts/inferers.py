@@ -1,0 +1,85 @@
+"""Mixed precision chosen by device, for MONAI engines on CPUs as well as GPUs.
+
+MONAI's engines apply ``amp`` through ``torch.autocast("cuda")`` only, so on a CPU they always run fp32. The
+:class:`AutocastInferer` wraps any MONAI inferer and runs the network under ``torch.autocast`` on the input's device
+with the dtype :func:`autocast_dtype` picks: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX) and on GPUs that
+support it, fp16 on older GPUs, fp32 elsewhere. Outputs come back as float32, so losses, sliding-window
+accumulation and metrics stay in full precision. Engines call ``inferer(inputs, network)``, so the same network
+weights (and checkpoints) serve every precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.inferers import Inferer, SimpleInferer
+
+__all__ = ["PRECISIONS", "cpu_supports_bf16", "autocast_dtype", "AutocastInferer"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def autocast_dtype(device: str | torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; ``None`` means fp32 (no autocast).
+
+    ``"auto"``: bf16 on a CPU with native bf16 and on a bf16-capable GPU, fp16 on other GPUs, else fp32.
+    ``"bf16"``/``"fp16"`` force a dtype; ``"fp32"`` disables autocast.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    device = torch.device(device)
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
+    return None
+
+
+class _AutocastNetwork:
+    """Callable that runs ``network`` under autocast and returns float32 tensors."""
+
+    def __init__(self, network: Callable, dtype: torch.dtype | None) -> None:
+        self.network = network
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.network(x, *args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        return out
+
+
+class AutocastInferer(Inferer):
+    """Run ``inferer`` (default :class:`~monai.inferers.SimpleInferer`) with the network under autocast.
+
+    Args:
+        inferer: the wrapped inferer, e.g. a ``SlidingWindowInferer``.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see :func:`autocast_dtype`).
+
+    ``__call__(inputs, network)``: ``inputs`` ``(B, C, *spatial)``; returns the wrapped inferer's output in float32.
+    """
+
+    def __init__(self, inferer: Inferer | None = None, precision: str = "auto") -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+        self.inferer = inferer if inferer is not None else SimpleInferer()
+        self.precision = precision
+
+    def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
+        dtype = autocast_dtype(inputs.device, self.precision)
+        return self.inferer(inputs, _AutocastNetwork(network, dtype), *args, **kwargs)

@@ -1,0 +1,232 @@
+"""Recurrent Residual Attention U-Net (R2AttU-Net), N-D.
+
+Follows section III of the paper (Das et al., R2AttU-Net with Focal Tversky loss): recurrent residual convolution
+blocks in the encoder and decoder (Alom et al., R2U-Net), additive attention gates on the skip connections
+(Oktay et al., Attention U-Net), transposed-convolution upsampling and a 1x1 convolution to logits.
+
+``recurrent``, ``residual`` and ``attention`` switch the three ingredients off one by one, so the same class gives
+R2AttU-Net, R2U-Net, the recurrent attention U-Net, the attention U-Net and the plain U-Net of the paper's Table 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Act, Pool
+from monai.networks.nets.attentionunet import AttentionBlock
+from monai.utils import ensure_tuple_rep
+
+__all__ = ["RecurrentUnit", "R2Block", "AttentionGate", "PlainSkip", "DecoderLevel", "R2AttUNet"]
+
+
+class RecurrentUnit(nn.Module):
+    """Recurrent convolution unit (paper Fig. 2A, eq. 4-5).
+
+    One ``conv -> BN -> ReLU`` whose weights are shared over time: ``h(0) = f(x)``, ``h(t) = f(x + h(t-1))`` for
+    ``t = 1..time_steps``, so the convolution runs ``time_steps + 1`` times. ``time_steps=0`` is a plain conv unit.
+    Input and output: ``(B, C, *spatial)``.
+    """
+
+    def __init__(self, spatial_dims: int, channels: int, time_steps: int = 2, kernel_size: int = 3) -> None:
+        super().__init__()
+        if time_steps < 0:
+            raise ValueError(f"time_steps must be >= 0, got {time_steps}.")
+        self.time_steps = time_steps
+        self.conv = Convolution(spatial_dims, channels, channels, kernel_size=kernel_size, act=Act.RELU, norm="batch")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        for _ in range(self.time_steps):
+            h = self.conv(x + h)
+        return h
+
+
+class R2Block(nn.Module):
+    """Recurrent residual convolution block (paper Fig. 2B, eq. 7).
+
+    ``x -> 1x1 projection -> two recurrent units -> (+ projection)``. ``residual=False`` drops the add;
+    ``recurrent=False`` makes the units plain convolutions. With both off the block is the classic U-Net double
+    convolution ``conv(in, out) -> conv(out, out)`` with no projection.
+    Input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        time_steps: int = 2,
+        recurrent: bool = True,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        steps = time_steps if recurrent else 0
+        self.residual = residual
+        if residual or recurrent:
+            self.proj: nn.Module = Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, conv_only=True)
+            first: nn.Module = RecurrentUnit(spatial_dims, out_channels, steps)
+        else:
+            self.proj = nn.Identity()
+            first = Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, act=Act.RELU, norm="batch")
+        self.units = nn.Sequential(first, RecurrentUnit(spatial_dims, out_channels, steps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        y = self.units(x)
+        if self.residual:
+            y = y + x
+        return y
+
+
+class AttentionGate(AttentionBlock):
+    """Additive attention gate (paper eq. 1-2): ``x * sigmoid(psi(act(W_g g + W_x x)))``.
+
+    MONAI's :class:`~monai.networks.nets.attentionunet.AttentionBlock` with a choice of the inner non-linearity
+    ``act`` (the paper prefers tanh over ReLU). ``g`` (gating, decoder) and ``x`` (skip, encoder) have the same
+    spatial size; returns ``x`` re-weighted, same shape as ``x``.
+    """
+
+    def __init__(self, spatial_dims: int, f_int: int, f_g: int, f_l: int, act: str = "tanh") -> None:
+        super().__init__(spatial_dims=spatial_dims, f_int=f_int, f_g=f_g, f_l=f_l)
+        self.relu = Act[act]()  # the attribute name comes from AttentionBlock.forward
+
+
+class PlainSkip(nn.Module):
+    """Ungated skip connection with the gate's signature: returns ``x`` unchanged."""
+
+    def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class DecoderLevel(nn.Module):
+    """One decoder level: transposed-conv upsampling, gated skip, concatenation, block.
+
+    ``forward(x, skip)``: ``x`` is ``(B, in_channels, *s)``, ``skip`` is ``(B, in_channels // 2, *(s * stride))``;
+    returns ``(B, in_channels // 2, *(s * stride))``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        stride: int | Sequence[int],
+        block: nn.Module,
+        gate: nn.Module,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels // 2
+        self.up = Convolution(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            strides=stride,
+            kernel_size=3,
+            is_transposed=True,
+            act=Act.RELU,
+            norm="batch",
+        )
+        self.gate = gate
+        self.block = block
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        skip = self.gate(x, skip)
+        return self.block(torch.cat([skip, x], dim=1))
+
+
+class R2AttUNet(nn.Module):
+    """Recurrent Residual Attention U-Net.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels (1 for the paper's grayscale images).
+        out_channels: output channels; the network returns logits (no sigmoid/softmax).
+        channels: feature channels per level, each double the previous one; ``len(channels) - 1`` poolings.
+            The paper uses ``(64, 128, 256, 512, 1024)`` (about 39.4 M parameters with 1 input and 1 output).
+        time_steps: recurrent steps ``t`` of each recurrent unit (the shared conv runs ``t + 1`` times).
+        recurrent: recurrent units (``False``: plain convolutions).
+        residual: residual add around each block.
+        attention: attention gates on the skips (``False``: plain concatenation).
+        top_attention: also gate the shallowest skip. The paper does not (its features are not "mature");
+            the common PyTorch R2AttU_Net does.
+        attention_act: non-linearity inside the gate, ``"tanh"`` as in the paper or ``"relu"``.
+        strides: pooling (and upsampling) factor per level, an int or one int per spatial dim each, e.g.
+            ``[[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]`` for anisotropic EM stacks. Default 2 everywhere.
+
+    Input ``(B, in_channels, *spatial)`` with every spatial size divisible by the product of its strides
+    (16 for the default 4 poolings); output ``(B, out_channels, *spatial)`` logits.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int] = (64, 128, 256, 512, 1024),
+        time_steps: int = 2,
+        recurrent: bool = True,
+        residual: bool = True,
+        attention: bool = True,
+        top_attention: bool = False,
+        attention_act: str = "tanh",
+        strides: Sequence[int | Sequence[int]] | None = None,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
+        channels = [int(c) for c in channels]
+        if len(channels) < 2:
+            raise ValueError(f"channels needs at least 2 levels, got {channels}.")
+        if any(b != 2 * a for a, b in zip(channels[:-1], channels[1:])):
+            raise ValueError(f"channels must double at each level, got {channels}.")
+        depth = len(channels) - 1
+        strides = [2] * depth if strides is None else list(strides)
+        if len(strides) != depth:
+            raise ValueError(f"strides needs {depth} entries (one per pooling), got {len(strides)}.")
+        self.spatial_dims = spatial_dims
+        self.strides = [ensure_tuple_rep(s, spatial_dims) for s in strides]
+
+        def block(c_in: int, c_out: int) -> R2Block:
+            return R2Block(spatial_dims, c_in, c_out, time_steps, recurrent=recurrent, residual=residual)
+
+        encoder: list[nn.Module] = [block(in_channels, channels[0])]
+        for level in range(1, depth + 1):
+            pool = Pool[Pool.MAX, spatial_dims](kernel_size=self.strides[level - 1], stride=self.strides[level - 1])
+            encoder.append(nn.Sequential(pool, block(channels[level - 1], channels[level])))
+        self.encoder = nn.ModuleList(encoder)
+
+        decoder: list[nn.Module] = []
+        for level in range(depth, 0, -1):  # deepest first
+            c_skip = channels[level - 1]
+            gated = attention and (level > 1 or top_attention)
+            gate = AttentionGate(spatial_dims, c_skip // 2, c_skip, c_skip, attention_act) if gated else PlainSkip()
+            decoder.append(
+                DecoderLevel(spatial_dims, channels[level], self.strides[level - 1], block(2 * c_skip, c_skip), gate)
+            )
+        self.decoder = nn.ModuleList(decoder)
+        self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-normal (fan-in, ReLU gain) convolution weights, zero biases, unit BN (paper section V.B)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        for level in self.encoder:
+            x = level(x)
+            skips.append(x)
+        n = len(skips)
+        for i, level in enumerate(self.decoder):
+            x = level(x, skips[n - 2 - i])
+        return self.head(x)

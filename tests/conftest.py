@@ -1,0 +1,39 @@
+"""Shared paths and helpers: tests run the bundle from its root, as users do, on the shipped sample and on the
+real datasets in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+SAMPLE = BUNDLE / "sample_data" / "dsb2018"
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+DSB2018 = SHARED_DATA / "dsb2018_stage1_train" / "stage1_train"
+DSB2018_FIXES = SHARED_DATA / "dsb2018_stage1_train_fixes"
+
+if str(BUNDLE) not in sys.path:
+    sys.path.insert(0, str(BUNDLE))
+
+
+def run_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <args>`` from the bundle root; fails the test with the output on a non-zero exit."""
+    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    proc = subprocess.run(
+        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def dsb2018_dir() -> Path:
+    if not DSB2018.is_dir():
+        pytest.skip(f"DSB2018 not found at {DSB2018}")
+    return DSB2018

@@ -1,0 +1,146 @@
+"""The bundle's configs run end to end, through the commands users type, on the shipped sample."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLE, SAMPLE, run_bundle
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+CONFIGS = BUNDLE / "configs"
+
+
+@pytest.mark.parametrize("config,workflow_type", [("train.json", "train"), ("inference.json", "inference")])
+def test_check_properties(config, workflow_type, monkeypatch):
+    monkeypatch.chdir(BUNDLE)
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / config),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_verify_net_in_out():
+    run_bundle(
+        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"
+    )
+
+
+def test_train_and_inference_network_defs_agree():
+    train = ConfigParser()
+    train.read_config(str(CONFIGS / "train.json"))
+    infer = ConfigParser()
+    infer.read_config(str(CONFIGS / "inference.json"))
+    assert train["network_def"] == infer["network_def"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train for 2 epochs on the shipped sample with the user's command; returns the checkpoint folder."""
+    root = tmp_path_factory.mktemp("train")
+    run_bundle(
+        "run",
+        "--config_file", "configs/train.json",
+        "--logging_file", "configs/logging.conf",
+        "--num_epochs", "2",
+        "--ensemble_size", "2",
+        "--num_workers", "0",
+        "--progress_bar", "False",
+        "--ckpt_dir", str(root / "models"),
+        "--output_dir", str(root / "runs"),
+    )
+    return root
+
+
+def test_train_writes_best_model_ensemble_and_tensorboard(trained):
+    models = trained / "models"
+    assert (models / "model.pt").is_file()
+    ensemble = sorted((models / "ensemble").glob("model_key_metric=*.pt"))
+    assert len(ensemble) == 2
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # plain state dict, strict
+    assert list((trained / "runs").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_best_and_ensemble(trained):
+    eval_dir = trained / "eval"
+    run_bundle(
+        "run",
+        "--config_file", "['configs/train.json','configs/evaluate.json']",
+        "--logging_file", "configs/logging.conf",
+        "--num_workers", "0",
+        "--ckpt_dir", str(trained / "models"),
+        "--eval_dir", str(eval_dir),
+    )
+    names = {"val_mean_dice", "val_pooled_dice", "val_precision", "val_recall", "val_accuracy", "val_roc_auc",
+             "val_cohen_kappa", "val_mean_iou", "val_pooled_iou", "val_specificity"}
+    for which in ("best", "ensemble"):
+        with open(eval_dir / which / "metrics.csv") as f:
+            metrics = {row[0]: float(row[1]) for row in csv.reader(f)}
+        assert names <= set(metrics)
+        assert all(-1.0 <= v <= 1.0 for v in metrics.values())
+        assert all(0.0 <= metrics[k] <= 1.0 for k in names - {"val_cohen_kappa"})
+        with open(eval_dir / which / "val_mean_dice_raw.csv") as f:
+            rows = list(csv.reader(f))
+        assert len(rows) - 1 == len(list((SAMPLE / "images").glob("*.png"))) - 8  # one row per validation image
+
+
+def _write_inputs(folder):
+    """Inputs of every supported kind, made from one sample image: gray PNG, RGBA PNG, RGB JPEG, gray TIFF."""
+    folder.mkdir()
+    gray = Image.open(sorted((SAMPLE / "images").glob("*.png"))[0])
+    gray.save(folder / "gray.png")
+    gray.convert("RGBA").save(folder / "rgba.png")
+    gray.convert("RGB").save(folder / "rgb.jpg")
+    gray.crop((0, 0, 200, 150)).save(folder / "small.tif")  # smaller than a window, not a multiple of 16
+    return gray
+
+
+def test_inference_writes_masks_at_original_size(trained, tmp_path):
+    gray = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    run_bundle(
+        "run",
+        "--config_file", "configs/inference.json",
+        "--logging_file", "configs/logging.conf",
+        "--ckpt_dir", str(trained / "models"),
+        "--dataset_dir", str(tmp_path / "in"),
+        "--output_dir", str(out),
+        "--save_probabilities", "True",
+        "--save_overlay", "True",
+    )
+    for stem, size in [("gray", gray.size), ("rgba", gray.size), ("rgb", gray.size), ("small", (200, 150))]:
+        seg = Image.open(out / f"{stem}_seg.png")
+        assert seg.size == size and seg.mode == "L"
+        assert set(np.unique(np.asarray(seg))) <= {0, 255}
+        assert Image.open(out / f"{stem}_prob.png").size == size
+        overlay = Image.open(out / f"{stem}_overlay.png")
+        assert overlay.size == size and overlay.mode == "RGB"
+
+
+def test_inference_keeps_orientation(tmp_path):
+    """With an identity 'network', the mask is the image thresholded at its mean: any flip or transpose shows."""
+    image = np.zeros((96, 160), np.uint8)
+    image[10:30, 20:120] = 200  # an asymmetric bright bar
+    image[50:90, 140:150] = 200
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "bars.png")
+    run_bundle(
+        "run",
+        "--config_file", "configs/inference.json",
+        "--logging_file", "configs/logging.conf",
+        "--network_def", "$torch.nn.Identity()",
+        "--handlers#0#_disabled_", "True",
+        "--precision", "fp32",
+        "--dataset_dir", str(tmp_path / "in"),
+        "--output_dir", str(tmp_path / "out"),
+    )
+    seg = np.asarray(Image.open(tmp_path / "out" / "bars_seg.png"))
+    assert np.array_equal(seg, np.where(image > image.mean(), 255, 0))

@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import DSB2018_FIXES, SAMPLE
+from PIL import Image
+from scripts.data import image_group, list_images, load_datalist, prepare_dsb2018, split_datalist, to_grayscale
+
+FIXED_ID = "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552"  # corrected in the fixes
+REMOVED_ID = "12aeefb1b522b283819b12e4cfaf6b13c1264c0aadac3412b4edd2ace304cb40"  # dropped by the fixes
+COLOUR_ID = "4e23ecf65040f86420e0201134e538951acdeda84fbb274311f995682044dd64"
+PLAIN_ID = "237802ac5005f9cf782367156c46c383efd9e05088e5768ca883cbbe24abadb1"
+
+
+def test_prepare_real_images(dsb2018_dir, tmp_path):
+    ids = [PLAIN_ID, COLOUR_ID, FIXED_ID]
+    datalist = prepare_dsb2018(dsb2018_dir, tmp_path, ids=ids, val_fraction=0.34, seed=0, progress=False)
+    items = datalist["training"] + datalist["validation"]
+    assert sorted(it["id"] for it in items) == sorted(ids)
+    assert json.loads((tmp_path / "datalist.json").read_text()) == datalist
+    for it in items:
+        sid = it["id"]
+        gray = np.asarray(Image.open(tmp_path / it["image"]))
+        label = np.asarray(Image.open(tmp_path / it["label"]))
+        rgba = Image.open(dsb2018_dir / sid / "images" / f"{sid}.png")
+        assert gray.dtype == np.uint8 and gray.shape == (rgba.height, rgba.width)  # grayscale, same size
+        assert np.array_equal(gray, np.asarray(rgba.convert("L")))
+        union = np.zeros_like(label, dtype=bool)
+        for m in (dsb2018_dir / sid / "masks").glob("*.png"):
+            union |= np.asarray(Image.open(m)) > 0
+        assert set(np.unique(label)) <= {0, 255}
+        assert np.array_equal(label == 255, union)  # logical OR of every nucleus mask
+    groups = {it["id"]: it["group"] for it in items}
+    assert groups[COLOUR_ID] == "colour" and groups[PLAIN_ID] == "fluorescence"
+
+
+def test_prepare_applies_fixes(dsb2018_dir, tmp_path):
+    if not DSB2018_FIXES.is_dir():
+        pytest.skip("fixes not found")
+    prepare_dsb2018(dsb2018_dir, tmp_path, fixes=DSB2018_FIXES, ids=[FIXED_ID, PLAIN_ID], val_fraction=0.5, progress=False)
+    label = np.asarray(Image.open(tmp_path / "labels" / f"{FIXED_ID}.png")) > 0
+    fixed = np.zeros_like(label)
+    for m in (DSB2018_FIXES / "stage1_train" / FIXED_ID / "masks").glob("*.png"):
+        fixed |= np.asarray(Image.open(m)) > 0
+    assert np.array_equal(label, fixed)
+    with pytest.raises(ValueError, match=REMOVED_ID[:12]):
+        prepare_dsb2018(dsb2018_dir, tmp_path / "x", fixes=DSB2018_FIXES, ids=[REMOVED_ID], progress=False)
+
+
+def test_bad_mask_is_named(dsb2018_dir, tmp_path):
+    src = tmp_path / "src" / PLAIN_ID
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    Image.open(dsb2018_dir / PLAIN_ID / "images" / f"{PLAIN_ID}.png").save(src / "images" / f"{PLAIN_ID}.png")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(src / "masks" / "small.png")
+    with pytest.raises(ValueError, match="small.png.*differs"):
+        prepare_dsb2018(tmp_path / "src", tmp_path / "out", progress=False)
+    (src / "masks" / "small.png").unlink()
+    with pytest.raises(ValueError, match="no nucleus masks"):
+        prepare_dsb2018(tmp_path / "src", tmp_path / "out", progress=False)
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    items = [{"image": f"{i}.png", "label": f"{i}_l.png", "group": "a" if i < 30 else "b"} for i in range(40)]
+    s1, s2 = split_datalist(items, 0.25, seed=3), split_datalist(items, 0.25, seed=3)
+    assert s1 == s2
+    train = {it["image"] for it in s1["training"]}
+    val = {it["image"] for it in s1["validation"]}
+    assert not train & val and len(train | val) == 40
+    assert sum(it["group"] == "b" for it in s1["validation"]) in (2, 3)  # stratified: a quarter of each group
+    assert split_datalist(items, 0.25, seed=4) != s1
+
+
+def test_load_datalist_forms(tmp_path):
+    train = load_datalist(SAMPLE / "datalist.json", "training")
+    val = load_datalist(SAMPLE / "datalist.json", "validation")
+    assert train and val and not {d["image"] for d in train} & {d["image"] for d in val}
+    assert all((SAMPLE / "images").samefile(__import__("os").path.dirname(d["image"])) for d in train)
+    # a plain [{"image", "label"}] list is split, never validated on its training images
+    plain = tmp_path / "list.json"
+    plain.write_text(json.dumps([{"image": f"i{i}.png", "label": f"l{i}.png"} for i in range(10)]))
+    t, v = load_datalist(plain, "training", val_fraction=0.2), load_datalist(plain, "validation", val_fraction=0.2)
+    assert len(t) == 8 and len(v) == 2 and not {d["image"] for d in t} & {d["image"] for d in v}
+    assert t[0]["image"].startswith(str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        load_datalist(tmp_path / "missing.json")
+    (tmp_path / "empty.json").write_text(json.dumps({"training": [], "validation": []}))
+    with pytest.raises(ValueError, match="empty"):
+        load_datalist(tmp_path / "empty.json")
+
+
+def test_grayscale_converter_keeps_16_bit_range():
+    rgba = Image.fromarray(np.dstack([np.full((4, 4), 200, np.uint8)] * 3 + [np.full((4, 4), 255, np.uint8)]), "RGBA")
+    assert to_grayscale(rgba).mode == "L" and np.asarray(to_grayscale(rgba)).max() == 200
+    img16 = Image.fromarray(np.full((4, 4), 4000, np.uint16))
+    assert to_grayscale(img16).mode == "F" and np.asarray(to_grayscale(img16)).max() == 4000
+    assert image_group(np.zeros((4, 4, 3), np.uint8)) == "fluorescence"
+
+
+def test_list_images(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "b.TIF")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [d["image"].split("/")[-1] for d in list_images(tmp_path)] == ["a.png", "b.TIF"]
+    with pytest.raises(ValueError, match="no image files"):
+        list_images(tmp_path / "..", suffixes=(".xyz",))
