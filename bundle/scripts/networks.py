@@ -230,3 +230,24 @@ class R2AttUNet(nn.Module):
         for i, level in enumerate(self.decoder):
             x = level(x, skips[n - 2 - i])
         return self.head(x)
+
+
+def describe_state_dict(state: dict) -> str:
+    """A readable description of the :class:`R2AttUNet` configuration that produced a ``state_dict``: spatial dims,
+    input/output channels, channels per level and gated depths, e.g. to explain why weights do not fit a network."""
+    levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("encoder.")})
+    if not levels or "head.conv.weight" not in state:
+        return "a network that is not an R2AttUNet"
+    head = state["head.conv.weight"]
+    spatial_dims = head.ndim - 2
+    channels = []
+    for level in levels:
+        prefix = f"encoder.{level}." if level == 0 else f"encoder.{level}.1."
+        weights = [v for k, v in state.items() if k.startswith(prefix) and k.endswith("conv.weight") and v.ndim > 2]
+        channels.append(int(weights[0].shape[0]))
+    first = [v for k, v in state.items() if k.startswith("encoder.0.") and k.endswith("conv.weight")][0]
+    gated = sum(1 for k in state if k.startswith("decoder.") and k.endswith("gate.psi.0.conv.weight"))
+    return (
+        f"R2AttUNet(spatial_dims={spatial_dims}, in_channels={int(first.shape[1])}, out_channels={int(head.shape[0])}, "
+        f"channels={channels}, attention gates at {gated} of {len(levels) - 1} depths)"
+    )

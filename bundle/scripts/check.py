@@ -1,0 +1,229 @@
+"""Dataset and input checks: every problem named with its file, before any compute is spent.
+
+Command line (from the bundle root)::
+
+    python -m scripts.check datalist --datalist sample_data/dsb2018/datalist.json   # prepared data, both splits
+    python -m scripts.check dsb2018 --src data/dsb2018/stage1_train                 # DSB2018 original layout
+    python -m scripts.check images --folder /path/to/images                         # inference inputs
+
+Each prints one report listing every problem with the file's path and exits non-zero when a sample is unusable.
+Training runs the same check (``train.json``: ``check_data``) and refuses invalid data unless
+``--skip_bad_samples true``, in which case it says what it skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import fire
+import numpy as np
+from PIL import Image
+
+from scripts.data import list_images, load_datalist
+
+__all__ = ["Problem", "check_image", "check_datalist", "check_dsb2018", "validated", "InputCheck"]
+
+logger = logging.getLogger(__name__)
+
+MIN_SIZE = 8  # pixels per side; smaller images cannot hold a nucleus or a pooling pyramid
+MAX_CHANNELS = 4  # gray, gray + alpha, RGB, RGBA
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem with one file. ``fatal`` problems make the sample unusable; the others are notes."""
+
+    path: str
+    message: str
+    fatal: bool = True
+
+    def __str__(self) -> str:
+        return f"{'ERROR' if self.fatal else 'note '} {self.path}: {self.message}"
+
+
+def _read(path: str) -> tuple[np.ndarray | None, str, Problem | None]:
+    """Decode a whole image (catching truncated files): ``(array, PIL mode, problem)``."""
+    if not os.path.isfile(path):
+        return None, "", Problem(path, "file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            n_frames = getattr(im, "n_frames", 1)
+            array = np.asarray(im)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        return None, "", Problem(path, f"unreadable or truncated image ({type(e).__name__}: {e})")
+    if n_frames > 1:
+        return array, mode, Problem(path, f"a stack of {n_frames} pages where a 2D image is expected")
+    return array, mode, None
+
+
+def check_image(path: str) -> tuple[list[Problem], tuple[int, ...] | None]:
+    """Problems of one 2D image and its ``(H, W)`` size (``None`` if unreadable)."""
+    array, mode, problem = _read(path)
+    if array is None:
+        return [problem], None
+    problems = [problem] if problem else []
+    if array.size == 0 or min(array.shape[:2]) < MIN_SIZE:
+        problems.append(Problem(path, f"image of size {array.shape[:2]} is empty or smaller than {MIN_SIZE}x{MIN_SIZE}"))
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if array.ndim > 3 or channels > MAX_CHANNELS:
+        problems.append(Problem(path, f"{channels} channels (shape {array.shape}); expected gray, RGB or RGBA"))
+    if mode.startswith("I;16") or mode == "I":
+        problems.append(Problem(path, f"16/32-bit integer image (mode {mode}): used at full range", fatal=False))
+    elif mode == "F" or array.dtype.kind == "f":
+        problems.append(Problem(path, "floating-point image: used as is, normalised per image", fatal=False))
+        if not np.isfinite(array).all():
+            problems.append(Problem(path, "floating-point image holds NaN or infinite values"))
+    return problems, tuple(array.shape[:2])
+
+
+def check_datalist(items: Sequence[dict], labels: bool = True) -> list[Problem]:
+    """Problems of ``[{"image", "label"}]`` samples: unreadable, truncated, tiny or empty images, wrong channel
+    counts, 16-bit and float images (notes), masks of another size than their image or with no foreground values
+    (note), duplicate images or ids."""
+    problems: list[Problem] = []
+    if not items:
+        return [Problem("<datalist>", "the dataset is empty")]
+    counts = Counter(os.path.realpath(it["image"]) for it in items)
+    ids = Counter(it.get("id", Path(it["image"]).stem) for it in items)
+    for it in items:
+        image_problems, size = check_image(it["image"])
+        problems += image_problems
+        if counts[os.path.realpath(it["image"])] > 1:
+            problems.append(Problem(it["image"], f"listed {counts[os.path.realpath(it['image'])]} times"))
+        sid = it.get("id", Path(it["image"]).stem)
+        if ids[sid] > 1:
+            problems.append(Problem(it["image"], f"duplicate id {sid!r} ({ids[sid]} samples)"))
+        if not labels:
+            continue
+        if "label" not in it:
+            problems.append(Problem(it["image"], "no label for this image"))
+            continue
+        label, _, problem = _read(it["label"])
+        if problem:
+            problems.append(problem)
+        if label is None:
+            continue
+        if size is not None and tuple(label.shape[:2]) != size:
+            problems.append(Problem(it["label"], f"mask size {label.shape[:2]} differs from image size {size} of {it['image']}"))
+        if label.ndim > 2 and label.shape[-1] > MAX_CHANNELS:
+            problems.append(Problem(it["label"], f"mask with {label.shape[-1]} channels"))
+        if not (label > 0).any():
+            problems.append(Problem(it["label"], "empty mask (no foreground)", fatal=False))
+    return list(dict.fromkeys(problems))  # once per problem, even for a file listed twice
+
+
+def check_dsb2018(src: str | os.PathLike) -> list[Problem]:
+    """Problems of a DSB2018 folder in its original layout: image folders without ``images/<id>.png`` or without
+    masks, unreadable images and masks, masks of another size than their image."""
+    src = Path(src)
+    if not src.is_dir():
+        return [Problem(str(src), "folder not found")]
+    folders = sorted(p for p in src.iterdir() if p.is_dir())
+    if not folders:
+        return [Problem(str(src), "no image folders")]
+    problems: list[Problem] = []
+    for folder in folders:
+        image = folder / "images" / f"{folder.name}.png"
+        if not image.is_file():
+            problems.append(Problem(str(folder), f"missing images/{folder.name}.png"))
+            continue
+        image_problems, size = check_image(str(image))
+        problems += image_problems
+        masks = sorted((folder / "masks").glob("*.png"))
+        if not masks:
+            problems.append(Problem(str(folder), "image folder with no masks"))
+        for m in masks:
+            array, _, problem = _read(str(m))
+            if problem:
+                problems.append(problem)
+            elif size is not None and tuple(array.shape[:2]) != size:
+                problems.append(Problem(str(m), f"mask size {array.shape[:2]} differs from image size {size}"))
+    return problems
+
+
+def _report(problems: list[Problem], what: str) -> str:
+    n_err = sum(p.fatal for p in problems)
+    lines = [f"{what}: {n_err} error(s), {len(problems) - n_err} note(s)"] + [f"  {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def validated(items: list[dict], skip_bad: bool | str = False, what: str = "dataset") -> list[dict]:
+    """``items`` after :func:`check_datalist`: raises ``ValueError`` with the full report when a sample is unusable,
+    or, with ``skip_bad``, drops those samples and logs which. Notes are logged."""
+    problems = check_datalist(items)
+    if problems:
+        logger.warning(_report(problems, what))
+    bad_files = {p.path for p in problems if p.fatal}
+    if not bad_files:
+        return items
+    if str(skip_bad).lower() not in ("true", "1"):
+        raise ValueError(
+            _report([p for p in problems if p.fatal], f"invalid {what}")
+            + "\nfix these files, or rerun with --skip_bad_samples true to train without them."
+        )
+    kept = [it for it in items if it["image"] not in bad_files and it.get("label") not in bad_files]
+    skipped = [it["image"] for it in items if it not in kept]
+    logger.warning(f"{what}: skipped {len(skipped)} sample(s): {', '.join(skipped)}")
+    if not kept:
+        raise ValueError(f"{what}: no valid sample left after skipping {len(skipped)}.")
+    return kept
+
+
+class InputCheck:
+    """Inference inputs split into readable ones (``good``) and the others (``bad``, with reasons), so that a folder
+    run segments every good file and :meth:`raise_if_bad` (in ``finalize``) exits non-zero naming the bad ones."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.good: list[dict] = []
+        self.bad: list[Problem] = []
+        for it in items:
+            fatal = [p for p in check_image(it["image"])[0] if p.fatal]
+            if fatal:
+                self.bad += fatal
+                logger.error(f"skipping {fatal[0]}")
+            else:
+                self.good.append(it)
+        if not self.good:
+            raise ValueError(_report(self.bad, "no readable input") if self.bad else "no input")
+
+    def raise_if_bad(self) -> None:
+        if self.bad:
+            raise SystemExit(
+                _report(self.bad, f"{len(self.bad)} input(s) not segmented ({len(self.good)} written)")
+            )
+
+
+def _cli_datalist(datalist: str, keys: Sequence[str] = ("training", "validation")) -> None:
+    problems = []
+    for key in keys:
+        problems += check_datalist(load_datalist(datalist, key))
+    _exit(problems, datalist)
+
+
+def _cli_dsb2018(src: str) -> None:
+    _exit(check_dsb2018(src), src)
+
+
+def _cli_images(folder: str) -> None:
+    problems = []
+    for it in list_images(folder):
+        problems += check_image(it["image"])[0]
+    _exit(problems, folder)
+
+
+def _exit(problems: list[Problem], what: str) -> None:
+    print(_report(problems, what) if problems else f"{what}: no problems found")
+    if any(p.fatal for p in problems):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    fire.Fire({"datalist": _cli_datalist, "dsb2018": _cli_dsb2018, "images": _cli_images})

@@ -1,0 +1,144 @@
+"""Engine handlers that MONAI and ignite lack: atomic full-state checkpoints for resuming, a stop on non-finite
+loss that names where it happened, and a weights loader whose error says which network the weights fit."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from scripts.networks import describe_state_dict
+
+__all__ = ["SaverState", "TrainingStateSaver", "latest_checkpoint", "StopOnNonFiniteLoss", "WeightsLoader"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_PATTERN = "checkpoint_*.pt"
+
+
+class SaverState:
+    """The top-k tracking list of a MONAI :class:`~monai.handlers.CheckpointSaver` as a ``state_dict`` item, so that a
+    resumed training keeps the checkpoint ensemble (and the best model) it had built instead of starting anew."""
+
+    def __init__(self, saver: CheckpointSaver) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict:
+        checkpoint = self.saver._key_metric_checkpoint  # the ignite Checkpoint that keeps the top-k list
+        return checkpoint.state_dict() if checkpoint is not None else {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state:
+            self.saver.load_state_dict(dict(state))
+
+
+class TrainingStateSaver:
+    """After every epoch, write the whole training state (``save_dict``: model, optimizer, LR scheduler, trainer,
+    checkpoint-ensemble state...) to ``save_dir/checkpoint_<epoch>.pt``, atomically (temporary file, then rename),
+    keeping the last ``n_saved``. Attach it after the validation and LR handlers so that the file holds their
+    results for the epoch. Only rank 0 writes in distributed training."""
+
+    def __init__(self, save_dir: str, save_dict: Mapping[str, Any], n_saved: int = 1) -> None:
+        self.save_dir = save_dir
+        self.n_saved = n_saved
+        self.checkpoint = Checkpoint(
+            dict(save_dict),
+            DiskSaver(save_dir, require_empty=False, atomic=True, create_dir=True),
+            filename_prefix="",
+            n_saved=n_saved,
+            global_step_transform=lambda engine, _: engine.state.epoch,
+        )
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.checkpoint)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_stale)
+
+    def _remove_stale(self, engine: Engine) -> None:
+        """Drop files older than the last ``n_saved`` epochs, including those of a run this one resumed."""
+        if idist.get_rank() != 0 or not os.path.isdir(self.save_dir):
+            return
+        for f in glob.glob(os.path.join(self.save_dir, _STATE_PATTERN)):
+            if 0 <= _epoch(f) <= engine.state.epoch - self.n_saved:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f)
+
+
+def _epoch(path: str) -> int:
+    m = re.search(r"_(\d+)\.pt$", path)
+    return int(m.group(1)) if m else -1
+
+
+def latest_checkpoint(save_dir: str) -> str | None:
+    """Path of the newest ``checkpoint_<epoch>.pt`` in ``save_dir`` (highest epoch), or ``None``."""
+    files = glob.glob(os.path.join(save_dir, _STATE_PATTERN))
+    return max(files, key=_epoch) if files else None
+
+
+def resume_path(save_dir: str, resume: bool | str) -> str | None:
+    """The checkpoint to resume from when ``resume`` is set; an error naming ``save_dir`` when there is none."""
+    if str(resume).lower() not in ("true", "1"):
+        return None
+    path = latest_checkpoint(save_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no training checkpoint ({_STATE_PATTERN}) in {save_dir}.")
+    logger.info(f"resuming training from {path}")
+    return path
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with an error naming the epoch and iteration when the loss is NaN or infinite. The full
+    checkpoint of the last completed epoch is left untouched, so ``--resume true`` (with a fix) continues from it."""
+
+    def __init__(self, output_key: str = "loss") -> None:
+        self.output_key = output_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output[0][self.output_key] if isinstance(output, list) else output[self.output_key]
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            length = engine.state.epoch_length or 0
+            iteration = (engine.state.iteration - 1) % length + 1 if length else engine.state.iteration
+            raise FloatingPointError(
+                f"loss is {value} at epoch {engine.state.epoch}, iteration {iteration} of {length} "
+                f"(global iteration {engine.state.iteration}): training stopped. The checkpoint of the last "
+                f"completed epoch is kept; lower the learning rate or check the data, then rerun with --resume true."
+            )
+
+
+class WeightsLoader(CheckpointLoader):
+    """MONAI's :class:`~monai.handlers.CheckpointLoader` whose error, when the weights do not fit the network,
+    says which configuration the weights belong to (width, input/output channels, dims, attention gates)."""
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except RuntimeError as e:
+            if "state_dict" not in str(e) and "size mismatch" not in str(e):
+                raise
+            state = torch.load(self.load_path, map_location="cpu", weights_only=True)
+            if isinstance(state, Mapping) and len(self.load_dict) == 1:
+                state = state.get(next(iter(self.load_dict)), state)
+            net = next(iter(self.load_dict.values()))
+            net = getattr(net, "module", net)
+            found = describe_state_dict(state) if isinstance(state, Mapping) else "an unknown network"
+            expected = describe_state_dict(net.state_dict())
+            raise RuntimeError(
+                f"the weights in {self.load_path} do not fit network_def: they belong to {found}, while "
+                f"network_def builds {expected}. Set network_def to match the weights (for example "
+                f"--network_def#channels ...) or load weights trained with this configuration."
+            ) from e

@@ -1,0 +1,190 @@
+"""Bad input is named, interrupted work resumes, nothing is lost, runs are reproducible."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLE, SAMPLE, run_bundle
+from PIL import Image
+from scripts.check import InputCheck, check_datalist, check_dsb2018, validated
+from scripts.writers import AtomicPILWriter
+
+SAMPLE_IDS = sorted(p.stem for p in (SAMPLE / "images").glob("*.png"))
+
+
+def _bad_dataset(root):
+    """A prepared dataset with one good sample and one sample for each kind of problem."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    good = SAMPLE_IDS[0]
+    for sub in ("images", "labels"):
+        (root / sub / "good.png").write_bytes((SAMPLE / sub / f"{good}.png").read_bytes())
+    big = (SAMPLE / "images" / f"{SAMPLE_IDS[1]}.png").read_bytes()
+    (root / "images" / "truncated.png").write_bytes(big[: len(big) // 3])
+    (root / "labels" / "truncated.png").write_bytes((SAMPLE / "labels" / f"{SAMPLE_IDS[1]}.png").read_bytes())
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "images" / "size.png")
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(root / "labels" / "size.png")
+    Image.fromarray(np.full((64, 64), 3000, np.uint16)).save(root / "images" / "deep.png")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(root / "labels" / "deep.png")
+    pages = [Image.fromarray(np.zeros((64, 64), np.uint8))] * 2
+    pages[0].save(root / "images" / "stack.tif", save_all=True, append_images=pages[1:])
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "labels" / "stack.png")
+    items = [{"image": f"images/{n}", "label": f"labels/{n.split('.')[0]}.png"}
+             for n in ("good.png", "truncated.png", "size.png", "deep.png", "stack.tif")]
+    items.append({"image": "images/good.png", "label": "labels/good.png"})  # duplicate
+    items.append({"image": "images/good.png", "label": "labels/missing.png"})
+    (root / "datalist.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
+    return [{k: str(root / v) for k, v in it.items()} for it in items]
+
+
+def test_check_names_every_problem(tmp_path):
+    items = _bad_dataset(tmp_path)
+    problems = check_datalist(items)
+    text = "\n".join(map(str, problems))
+    assert "truncated.png: unreadable or truncated image" in text
+    assert "labels/size.png: mask size (32, 64) differs from image size (64, 64)" in text
+    assert "deep.png: 16/32-bit integer image" in text and "ERROR" not in [str(p)[:5] for p in problems if "deep" in p.path]
+    assert "stack.tif: a stack of 2 pages" in text
+    assert "listed 3 times" in text
+    assert "missing.png: file not found" in text
+    with pytest.raises(ValueError, match="invalid training data"):
+        validated(items, what="training data")
+    kept = validated(items, skip_bad=True)
+    assert {os.path.basename(it["image"]) for it in kept} == {"deep.png"}  # good.png is a triplicate, so bad
+
+
+def test_training_refuses_invalid_data_unless_told(tmp_path):
+    _bad_dataset(tmp_path / "data")
+    args = ["run", "--config_file", "configs/train.json", "--dataset_dir", str(tmp_path / "data"),
+            "--num_epochs", "1", "--num_workers", "0", "--progress_bar", "False",
+            "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs")]
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "truncated.png: unreadable or truncated image" in proc.stderr + proc.stdout
+    assert "--skip_bad_samples true" in proc.stderr + proc.stdout
+    data = tmp_path / "data"
+    for sub in ("images", "labels"):  # a second valid sample
+        (data / sub / "deep2.png").write_bytes((data / sub / "deep.png").read_bytes())
+    datalist = json.loads((data / "datalist.json").read_text())
+    datalist["training"].append({"image": "images/deep2.png", "label": "labels/deep2.png"})
+    datalist["validation"] = [{"image": "images/deep2.png", "label": "labels/deep2.png"}]
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    out = run_bundle(*args, "--skip_bad_samples", "True", "--batch_size", "1", "--logging_file", "configs/logging.conf")
+    assert "skipped" in out.stdout + out.stderr and (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_check_commands(tmp_path, dsb2018_dir):
+    sid = SAMPLE_IDS[0]
+    (tmp_path / "src" / sid / "images").mkdir(parents=True)
+    (tmp_path / "src" / sid / "images" / f"{sid}.png").write_bytes((dsb2018_dir / sid / "images" / f"{sid}.png").read_bytes())
+    assert any("image folder with no masks" in str(p) for p in check_dsb2018(tmp_path / "src"))
+    proc = subprocess.run([sys.executable, "-m", "scripts.check", "dsb2018", "--src", str(tmp_path / "src")],
+                          cwd=BUNDLE, capture_output=True, text=True)
+    assert proc.returncode == 1 and "image folder with no masks" in proc.stdout and sid in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "scripts.check", "datalist", "--datalist", str(SAMPLE / "datalist.json")],
+                          cwd=BUNDLE, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_inference_skips_bad_files_and_exits_nonzero(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.png").write_bytes((SAMPLE / "images" / f"{SAMPLE_IDS[0]}.png").read_bytes())
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "in" / "tiny.tif")
+    check = InputCheck([{"image": str(p)} for p in sorted((tmp_path / "in").iterdir())])
+    assert [os.path.basename(it["image"]) for it in check.good] == ["good.png"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True",
+         "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")],
+        cwd=BUNDLE, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "broken.png: unreadable" in proc.stderr and "tiny.tif: image of size (3, 5)" in proc.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["good_seg.png"]  # every good output, no partial file
+
+
+def test_atomic_writer_leaves_no_partial_file(tmp_path, monkeypatch):
+    writer = AtomicPILWriter(output_dtype=np.uint8)
+    writer.set_data_array(torch.ones(1, 16, 16) * 255, channel_dim=0)
+    writer.write(tmp_path / "ok.png")
+    assert os.listdir(tmp_path) == ["ok.png"]
+
+    def interrupted(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    writer.set_data_array(torch.ones(1, 16, 16), channel_dim=0)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(tmp_path / "cut.png")
+    assert os.listdir(tmp_path) == ["ok.png"]
+
+
+def _train_args(root, epochs):
+    return ["run", "--config_file", "configs/train.json", "--logging_file", "configs/logging.conf",
+            "--num_epochs", str(epochs), "--num_workers", "0", "--progress_bar", "False",
+            "--ckpt_dir", str(root / "models"), "--output_dir", str(root / "runs")]
+
+
+def test_sigkill_then_resume_then_nan_stop(tmp_path):
+    state_dir = tmp_path / "models" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *_train_args(tmp_path, 4)], cwd=BUNDLE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(state_dir.glob("checkpoint_*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(state_dir.glob("checkpoint_*.pt"))
+    assert done and not list(state_dir.glob("*.tmp")) and not list(state_dir.glob(".*"))
+    killed_at = int(done[-1].stem.split("_")[-1])
+    assert killed_at < 4
+
+    out = run_bundle(*_train_args(tmp_path, 4), "--resume", "True").stdout
+    assert f"resuming training from {done[-1]}" in out
+    assert f"Epoch[{killed_at}] Complete" not in out and "Epoch[4] Complete" in out
+    assert [p.name for p in state_dir.glob("checkpoint_*.pt")] == ["checkpoint_4.pt"]
+    state = torch.load(state_dir / "checkpoint_4.pt", weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "ensemble_saver", "best_saver"} <= set(state)
+    assert state["trainer"]["iteration"] == 4 * state["trainer"]["epoch_length"]
+    assert len(list((tmp_path / "models" / "ensemble").glob("*.pt"))) == 3
+
+    before = (state_dir / "checkpoint_4.pt").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *_train_args(tmp_path, 5), "--resume", "True",
+         "--loss", "$lambda pred, label: pred.mean() * float('nan')"],
+        cwd=BUNDLE, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "loss is nan at epoch 5, iteration 1 of 2" in proc.stdout + proc.stderr
+    assert (state_dir / "checkpoint_4.pt").read_bytes() == before
+
+
+def test_same_seed_same_run(tmp_path):
+    losses, weights = [], []
+    for run in ("a", "b"):
+        args = _train_args(tmp_path / run, 2)
+        args[args.index("--num_workers") + 1] = "2"
+        out = run_bundle(*args).stdout
+        losses.append([line.split("train_loss:")[1].strip() for line in out.splitlines() if "train_loss:" in line])
+        weights.append(torch.load(tmp_path / run / "models" / "checkpoints" / "checkpoint_2.pt", weights_only=False)["model"])
+    assert losses[0] and losses[0] == losses[1]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_mismatched_weights_name_their_configuration(tmp_path):
+    torch.save(__import__("scripts.networks", fromlist=["R2AttUNet"]).R2AttUNet(2, 1, 1, channels=(8, 16, 32)).state_dict(),
+               tmp_path / "model.pt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")],
+        cwd=BUNDLE, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "they belong to R2AttUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32]" in proc.stderr
