@@ -144,3 +144,17 @@ def test_inference_keeps_orientation(tmp_path):
     )
     seg = np.asarray(Image.open(tmp_path / "out" / "bars_seg.png"))
     assert np.array_equal(seg, np.where(image > image.mean(), 255, 0))
+
+
+def test_report_scores_figure_and_curves(trained, tmp_path):
+    from scripts.report import main as report
+
+    pred = tmp_path / "pred"
+    run_bundle("run", "--config_file", "configs/inference.json", "--ckpt_dir", str(trained / "models"),
+               "--output_dir", str(pred), "--progress_bar", "False")
+    report(str(SAMPLE / "datalist.json"), str(pred), str(tmp_path / "report"), tb_dir=str(trained / "runs"))
+    result = __import__("json").loads((tmp_path / "report" / "report.json").read_text())
+    assert result["scores"]["all"]["images"] == 4 and 0 <= result["scores"]["all"]["pooled Dice"] <= 1
+    assert result["training"]["epochs"] == 2
+    assert (tmp_path / "report" / "examples.png").stat().st_size > 0
+    assert (tmp_path / "report" / "training_curves.png").stat().st_size > 0

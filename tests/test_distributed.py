@@ -36,6 +36,19 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
     state = torch.load(models / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
     assert len(list((models / "ensemble").glob("model_key_metric=*.pt"))) == 1
+    assert [p.name for p in (models / "checkpoints").glob("*.pt")] == ["checkpoint_1.pt"]
+
+    # resume under torchrun: every process restores the state, training continues at epoch 2
+    out = torchrun(
+        "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
+        "--logging_file", "configs/logging.conf",
+        "--num_epochs", "2", "--num_workers", "0", "--progress_bar", "False", "--resume", "True",
+        "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "runs"),
+    )
+    assert out.count("resuming training from") == 2
+    assert "Epoch: 2/2, Iter: 1/1" in out and "Epoch: 1/2" not in out
+    assert [p.name for p in (models / "checkpoints").glob("*.pt")] == ["checkpoint_2.pt"]
+    assert len(list((models / "ensemble").glob("model_key_metric=*.pt"))) == 2  # the ensemble grew, not restarted
 
     out = torchrun(
         "--config_file", "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",

@@ -1,0 +1,149 @@
+"""Performance report: scores of inference.json's masks against labels per image type, a figure of examples
+(image, ground truth, prediction, like the paper's Figure 3) and the training curves from TensorBoard.
+
+``python -m scripts.report --datalist D/datalist.json --key validation --pred_dir O --out docs/figures [--tb_dir runs]``
+
+``pred_dir`` holds ``<stem>_seg.png`` written by ``configs/inference.json`` for the images of the ``key`` split, at
+their original size. Scores use MONAI's ``ConfusionMatrixMetric`` (pooled over pixels) and ``DiceMetric`` (per image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import fire
+import numpy as np
+import torch
+from monai.metrics import ConfusionMatrixMetric, DiceMetric
+from PIL import Image
+
+from scripts.data import load_datalist
+
+__all__ = ["score_predictions", "plot_examples", "plot_training_curves", "main"]
+
+_POOLED = ("f1 score", "precision", "sensitivity", "accuracy", "threat score")
+_NAMES = {"f1 score": "pooled Dice", "precision": "precision", "sensitivity": "recall", "accuracy": "accuracy",
+          "threat score": "pooled IoU"}
+
+
+def _mask(path: str | os.PathLike) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(path).convert("L")) > 0)[None, None].float()
+
+
+def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
+    """Scores of ``<pred_dir>/<stem>_seg.png`` against each item's label, for all items and per ``group``."""
+    pred_dir = Path(pred_dir)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        groups["all"].append(it)
+        if "group" in it:
+            groups[it["group"]].append(it)
+    results = {}
+    for name, members in groups.items():
+        pooled = ConfusionMatrixMetric(metric_name=list(_POOLED), compute_sample=False, reduction="sum")
+        per_image = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+        for it in members:
+            stem = Path(it["image"]).stem
+            pred = _mask(pred_dir / f"{stem}_seg.png")
+            label = _mask(it["label"])
+            if pred.shape != label.shape:
+                raise ValueError(f"{pred_dir / (stem + '_seg.png')}: size {pred.shape[2:]} differs from label {label.shape[2:]}")
+            pooled(pred, label)
+            per_image(pred, label)
+        values = [float(v) for v in pooled.aggregate()]
+        results[name] = {"images": len(members), "mean Dice": float(per_image.aggregate())}
+        results[name].update({_NAMES[m]: v for m, v in zip(_POOLED, values)})
+    return results
+
+
+def plot_examples(items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, per_group: int = 2) -> None:
+    """A grid with one row per example (``per_group`` of each image type): image, ground truth, prediction and
+    the errors (green: true positive, red: false positive, blue: false negative)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        by_group[it.get("group", "all")].append(it)
+    rows = [it for g in sorted(by_group) for it in by_group[g][:per_group]]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
+    for r, it in enumerate(rows):
+        stem = Path(it["image"]).stem
+        image = np.asarray(Image.open(it["image"]).convert("L"))
+        label = np.asarray(Image.open(it["label"]).convert("L")) > 0
+        pred = np.asarray(Image.open(Path(pred_dir) / f"{stem}_seg.png")) > 0
+        errors = np.stack([pred & ~label, pred & label, label & ~pred], -1).astype(np.float32)
+        dice = 2 * (pred & label).sum() / max(pred.sum() + label.sum(), 1)
+        panels = [(image, "gray", f"{it.get('group', '')} {stem[:8]} {image.shape[1]}x{image.shape[0]}"),
+                  (label, "gray", "ground truth"), (pred, "gray", "prediction"), (errors, None, f"errors, Dice {dice:.3f}")]
+        for c, (data, cmap, title) in enumerate(panels):
+            axes[r, c].imshow(data, cmap=cmap)
+            axes[r, c].set_title(title, fontsize=9)
+            axes[r, c].axis("off")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=80)
+    plt.close(fig)
+
+
+def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike) -> dict:
+    """Training loss (per epoch mean) and validation Dice per epoch from TensorBoard event files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, dict[int, float]] = defaultdict(dict)
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            for e in acc.Scalars(tag):
+                scalars[tag][e.step] = e.value
+    loss = scalars.get("train_loss", {})
+    dice = scalars.get("val_mean_dice", {})
+    if not dice:
+        raise ValueError(f"no val_mean_dice in the TensorBoard logs of {tb_dir}")
+    epochs = sorted(dice)
+    iters_per_epoch = max(loss) // max(epochs) if loss else 1
+    epoch_loss = [np.mean([v for s, v in loss.items() if (e - 1) * iters_per_epoch < s <= e * iters_per_epoch] or [np.nan])
+                  for e in epochs]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(epochs, epoch_loss, "C0-", label="training loss (Focal Tversky)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss", color="C0")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [dice[e] for e in epochs], "C1-o", markersize=3, label="validation mean Dice")
+    ax2.set_ylabel("validation mean Dice", color="C1")
+    fig.legend(loc="center right")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=80)
+    plt.close(fig)
+    best = max(epochs, key=lambda e: dice[e])
+    return {"epochs": len(epochs), "best_epoch": best, "best_val_mean_dice": dice[best]}
+
+
+def main(datalist: str, pred_dir: str, out: str, key: str = "validation", tb_dir: str | None = None) -> None:
+    """Write ``report.json``, ``examples.png`` and ``training_curves.png`` (with ``tb_dir``) to ``out``; print a table."""
+    items = load_datalist(datalist, key)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"split": key, "scores": score_predictions(items, pred_dir)}
+    plot_examples(items, pred_dir, out_dir / "examples.png")
+    if tb_dir:
+        report["training"] = plot_training_curves(tb_dir, out_dir / "training_curves.png")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=4))
+    header = "| images | n | " + " | ".join(k for k in next(iter(report["scores"].values())) if k != "images") + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, s in report["scores"].items():
+        lines.append(f"| {name} | {s['images']} | " + " | ".join(f"{v:.4f}" for k, v in s.items() if k != "images") + " |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
