@@ -104,3 +104,15 @@ def test_list_images(tmp_path):
     assert [d["image"].split("/")[-1] for d in list_images(tmp_path)] == ["a.png", "b.TIF"]
     with pytest.raises(ValueError, match="no image files"):
         list_images(tmp_path / "..", suffixes=(".xyz",))
+
+
+def test_group_sampler_draws_rare_types_more_often():
+    from collections import Counter
+
+    from scripts.data import group_sampler
+
+    items = [{"image": f"{i}", "group": "common"} for i in range(90)] + [{"image": f"r{i}", "group": "rare"} for i in range(10)]
+    draws = Counter(items[i]["group"] for i in group_sampler(items, power=1.0, seed=0))
+    assert 35 <= draws["rare"] <= 65  # balanced: about half, against 10 % when uniform
+    assert list(group_sampler(items, 0.5, seed=1)) == list(group_sampler(items, 0.5, seed=1))
+    assert len(list(group_sampler(items, 0.0))) == 100

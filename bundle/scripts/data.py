@@ -229,3 +229,18 @@ def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
     if not files:
         raise ValueError(f"no image files ({', '.join(suffixes)}) in {folder}.")
     return [{"image": str(p)} for p in files]
+
+
+def group_sampler(items: Sequence[dict], power: float = 0.5, seed: int = 0):
+    """A ``WeightedRandomSampler`` that draws each sample with weight ``1 / n_group ** power`` (``n_group``: samples
+    of its ``group``, e.g. fluorescence, brightfield, colour), so that rare image types are seen more often:
+    ``power=0`` is uniform, ``power=1`` balances the groups. One epoch draws ``len(items)`` samples with replacement."""
+    import torch
+
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it.get("group", "all")] = counts.get(it.get("group", "all"), 0) + 1
+    weights = torch.tensor([counts[it.get("group", "all")] ** -power for it in items], dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(
+        weights, num_samples=len(items), replacement=True, generator=torch.Generator().manual_seed(seed)
+    )

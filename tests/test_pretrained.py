@@ -1,0 +1,33 @@
+"""The shipped weights fit inference.json's network_def and segment the shipped sample well.
+
+The sample images are all in the validation split of the shipped model (see sample_data/dsb2018/PROVENANCE.md):
+the model never trained on them.
+"""
+
+import numpy as np
+import torch
+from conftest import BUNDLE, SAMPLE, run_bundle
+from monai.bundle import ConfigParser
+from PIL import Image
+
+
+def test_shipped_weights_match_network_def():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+
+
+def test_shipped_weights_segment_the_sample(tmp_path):
+    run_bundle("run", "--config_file", "configs/inference.json", "--output_dir", str(tmp_path), "--progress_bar", "False")
+    tp = fp = fn = 0
+    per_image = {}
+    for label_file in sorted((SAMPLE / "labels").glob("*.png")):
+        label = np.asarray(Image.open(label_file)) > 0
+        pred = np.asarray(Image.open(tmp_path / f"{label_file.stem}_seg.png")) > 0
+        assert pred.shape == label.shape
+        tp, fp, fn = tp + (pred & label).sum(), fp + (pred & ~label).sum(), fn + (~pred & label).sum()
+        per_image[label_file.stem[:8]] = 2 * (pred & label).sum() / (pred.sum() + label.sum())
+    pooled = 2 * tp / (2 * tp + fp + fn)
+    assert pooled >= POOLED_MIN, (pooled, per_image)
+    assert min(per_image.values()) >= IMAGE_MIN, per_image
