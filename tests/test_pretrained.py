@@ -29,5 +29,5 @@ def test_shipped_weights_segment_the_sample(tmp_path):
         tp, fp, fn = tp + (pred & label).sum(), fp + (pred & ~label).sum(), fn + (~pred & label).sum()
         per_image[label_file.stem[:8]] = 2 * (pred & label).sum() / (pred.sum() + label.sum())
     pooled = 2 * tp / (2 * tp + fp + fn)
-    assert pooled >= POOLED_MIN, (pooled, per_image)
-    assert min(per_image.values()) >= IMAGE_MIN, per_image
+    assert pooled >= 0.85, (pooled, per_image)  # 0.872 measured with the shipped weights
+    assert min(per_image.values()) >= 0.70, per_image  # weakest: 0.727 (f29fd9c5, 1272x603 fluorescence)
