@@ -188,3 +188,27 @@ def test_mismatched_weights_name_their_configuration(tmp_path):
         cwd=BUNDLE, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "they belong to R2AttUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32]" in proc.stderr
+
+
+def test_large_image_goes_through_sliding_windows(tmp_path):
+    """A 4096x4096 image (16.8 M pixels, 64 windows of 256x256 per row) is segmented at full size with the shipped
+    network, in bounded memory (the output buffers grow with the image, the activations only with the window)."""
+    rng = np.random.default_rng(0)
+    image = (rng.random((4096, 4096)) * 50).astype(np.uint8)
+    image[1000:1040, 2000:2040] = 220
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "large.png")
+    script = (
+        "import resource, runpy, sys; sys.argv = sys.argv[1:]; "
+        "exec('try:\\n runpy.run_module(\"monai.bundle\", run_name=\"__main__\")\\nexcept SystemExit as e:\\n code = e.code\\nelse:\\n code = 0'); "
+        "print('peak_rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(code)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "False"],
+        cwd=BUNDLE, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seg = Image.open(tmp_path / "out" / "large_seg.png")
+    assert seg.size == (4096, 4096)
+    peak = float(proc.stdout.strip().splitlines()[-1].split()[-1])
+    assert peak < 3000, peak
