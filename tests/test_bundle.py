@@ -139,6 +139,7 @@ def test_inference_keeps_orientation(tmp_path):
         "--network_def", "$torch.nn.Identity()",
         "--handlers#0#_disabled_", "True",
         "--precision", "fp32",
+        "--ensemble", "False",
         "--dataset_dir", str(tmp_path / "in"),
         "--output_dir", str(tmp_path / "out"),
     )

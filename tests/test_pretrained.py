@@ -5,6 +5,7 @@ the model never trained on them.
 """
 
 import numpy as np
+import pytest
 import torch
 from conftest import BUNDLE, SAMPLE, run_bundle
 from monai.bundle import ConfigParser
@@ -15,11 +16,19 @@ def test_shipped_weights_match_network_def():
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    files = [BUNDLE / "models" / "model.pt", *sorted((BUNDLE / "models" / "ensemble").glob("*.pt"))]
+    assert len(files) == 4  # the best checkpoint and the top-3 checkpoint ensemble
+    for f in files:
+        net.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
 
 
-def test_shipped_weights_segment_the_sample(tmp_path):
-    run_bundle("run", "--config_file", "configs/inference.json", "--output_dir", str(tmp_path), "--progress_bar", "False")
+@pytest.mark.parametrize(
+    "ensemble,pooled_min,image_min",
+    [("True", 0.88, 0.78), ("False", 0.85, 0.70)],  # measured: ensemble 0.895 (weakest 0.802), best 0.872 (0.727)
+)
+def test_shipped_weights_segment_the_sample(tmp_path, ensemble, pooled_min, image_min):
+    run_bundle("run", "--config_file", "configs/inference.json", "--output_dir", str(tmp_path), "--progress_bar", "False",
+               "--ensemble", ensemble)
     tp = fp = fn = 0
     per_image = {}
     for label_file in sorted((SAMPLE / "labels").glob("*.png")):
@@ -29,5 +38,5 @@ def test_shipped_weights_segment_the_sample(tmp_path):
         tp, fp, fn = tp + (pred & label).sum(), fp + (pred & ~label).sum(), fn + (~pred & label).sum()
         per_image[label_file.stem[:8]] = 2 * (pred & label).sum() / (pred.sum() + label.sum())
     pooled = 2 * tp / (2 * tp + fp + fn)
-    assert pooled >= 0.85, (pooled, per_image)  # 0.872 measured with the shipped weights
-    assert min(per_image.values()) >= 0.70, per_image  # weakest: 0.727 (f29fd9c5, 1272x603 fluorescence)
+    assert pooled >= pooled_min, (pooled, per_image)
+    assert min(per_image.values()) >= image_min, per_image  # weakest: f29fd9c5, 1272x603 fluorescence

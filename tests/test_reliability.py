@@ -101,7 +101,7 @@ def test_inference_skips_bad_files_and_exits_nonzero(tmp_path):
     assert [os.path.basename(it["image"]) for it in check.good] == ["good.png"]
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True",
+         "--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True", "--ensemble", "False",
          "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")],
         cwd=BUNDLE, capture_output=True, text=True)
     assert proc.returncode != 0
@@ -184,7 +184,7 @@ def test_mismatched_weights_name_their_configuration(tmp_path):
                tmp_path / "model.pt")
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out")],
+         "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--ensemble", "False"],
         cwd=BUNDLE, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "they belong to R2AttUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32]" in proc.stderr
@@ -205,10 +205,22 @@ def test_large_image_goes_through_sliding_windows(tmp_path):
     )
     proc = subprocess.run(
         [sys.executable, "-c", script, "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "False"],
+         "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "False",
+         "--ensemble", "False"],
         cwd=BUNDLE, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seg = Image.open(tmp_path / "out" / "large_seg.png")
     assert seg.size == (4096, 4096)
     peak = float(proc.stdout.strip().splitlines()[-1].split()[-1])
     assert peak < 3000, peak
+
+
+def test_new_training_starts_its_own_ensemble(tmp_path):
+    from scripts.evaluation import reset_ensemble
+
+    for name in ("model_key_metric=0.9.pt", "model_key_metric=0.8.pt", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    reset_ensemble(str(tmp_path), resume=True)
+    assert len(list(tmp_path.iterdir())) == 3  # a resumed training keeps its ensemble
+    reset_ensemble(str(tmp_path), resume=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import copy
 import glob
+import logging
 import os
 from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["pixel_pairs", "ensemble_files", "load_ensemble"]
+from scripts.networks import describe_state_dict
+
+__all__ = ["pixel_pairs", "ensemble_files", "load_ensemble", "reset_ensemble"]
+
+logger = logging.getLogger(__name__)
 
 
 def pixel_pairs(pred_key: str = "prob", label_key: str = "label") -> Callable[[Sequence[dict]], tuple]:
@@ -49,6 +54,27 @@ def load_ensemble(network: torch.nn.Module, ensemble_dir: str, device: str | tor
     for f in ensemble_files(ensemble_dir):
         member = copy.deepcopy(network)
         state = torch.load(f, map_location=device, weights_only=True)
-        member.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            member.load_state_dict(state)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"the weights in {f} do not fit network_def: they belong to {describe_state_dict(state)}, while "
+                f"network_def builds {describe_state_dict(member.state_dict())}."
+            ) from e
         members.append(member.to(device).eval())
     return members
+
+
+def reset_ensemble(ensemble_dir: str, resume: bool | str = False) -> None:
+    """Start a training's checkpoint ensemble empty: remove ``model_key_metric=*.pt`` left in ``ensemble_dir`` by an
+    earlier training (or shipped with the bundle), unless the training resumes, so the ensemble holds only the top-k
+    checkpoints of this training."""
+    if str(resume).lower() in ("true", "1"):
+        return
+    for f in glob.glob(os.path.join(ensemble_dir, "model_key_metric=*.pt")):
+        try:
+            os.remove(f)
+            logger.info(f"removed {f} from the checkpoint ensemble of an earlier training")
+        except FileNotFoundError:  # another process of a distributed run removed it first
+            pass
