@@ -7,7 +7,7 @@ Command line (from the bundle root)::
     python -m scripts.check images --folder /path/to/images                         # inference inputs
 
 Each prints one report listing every problem with the file's path and exits non-zero when a sample is unusable.
-Training runs the same check (``train.json``: ``check_data``) and refuses invalid data unless
+Training runs the same check (``train.json``: ``train_datalist``, ``val_datalist``) and refuses invalid data unless
 ``--skip_bad_samples true``, in which case it says what it skipped.
 """
 
@@ -24,6 +24,7 @@ import fire
 import numpy as np
 from PIL import Image
 
+from scripts import as_bool
 from scripts.data import list_images, load_datalist
 
 __all__ = ["Problem", "check_image", "check_datalist", "check_dsb2018", "validated", "InputCheck"]
@@ -83,25 +84,23 @@ def check_image(path: str) -> tuple[list[Problem], tuple[int, ...] | None]:
     return problems, tuple(array.shape[:2])
 
 
-def check_datalist(items: Sequence[dict], labels: bool = True) -> list[Problem]:
+def check_datalist(items: Sequence[dict]) -> list[Problem]:
     """Problems of ``[{"image", "label"}]`` samples: unreadable, truncated, tiny or empty images, wrong channel
     counts, 16-bit and float images (notes), masks of another size than their image or with no foreground values
     (note), duplicate images or ids."""
     problems: list[Problem] = []
     if not items:
         return [Problem("<datalist>", "the dataset is empty")]
-    counts = Counter(os.path.realpath(it["image"]) for it in items)
-    ids = Counter(it.get("id", Path(it["image"]).stem) for it in items)
-    for it in items:
+    paths = [os.path.realpath(it["image"]) for it in items]
+    sids = [it.get("id", Path(it["image"]).stem) for it in items]
+    counts, ids = Counter(paths), Counter(sids)
+    for it, path, sid in zip(items, paths, sids):
         image_problems, size = check_image(it["image"])
         problems += image_problems
-        if counts[os.path.realpath(it["image"])] > 1:
-            problems.append(Problem(it["image"], f"listed {counts[os.path.realpath(it['image'])]} times"))
-        sid = it.get("id", Path(it["image"]).stem)
+        if counts[path] > 1:
+            problems.append(Problem(it["image"], f"listed {counts[path]} times"))
         if ids[sid] > 1:
             problems.append(Problem(it["image"], f"duplicate id {sid!r} ({ids[sid]} samples)"))
-        if not labels:
-            continue
         if "label" not in it:
             problems.append(Problem(it["image"], "no label for this image"))
             continue
@@ -163,13 +162,15 @@ def validated(items: list[dict], skip_bad: bool | str = False, what: str = "data
     bad_files = {p.path for p in problems if p.fatal}
     if not bad_files:
         return items
-    if str(skip_bad).lower() not in ("true", "1"):
+    if not as_bool(skip_bad):
         raise ValueError(
             _report([p for p in problems if p.fatal], f"invalid {what}")
             + "\nfix these files, or rerun with --skip_bad_samples true to train without them."
         )
-    kept = [it for it in items if it["image"] not in bad_files and it.get("label") not in bad_files]
-    skipped = [it["image"] for it in items if it not in kept]
+    kept, skipped = [], []
+    for it in items:
+        (skipped if it["image"] in bad_files or it.get("label") in bad_files else kept).append(it)
+    skipped = [it["image"] for it in skipped]
     logger.warning(f"{what}: skipped {len(skipped)} sample(s): {', '.join(skipped)}")
     if not kept:
         raise ValueError(f"{what}: no valid sample left after skipping {len(skipped)}.")

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -237,10 +238,9 @@ def group_sampler(items: Sequence[dict], power: float = 0.5, seed: int = 0):
     ``power=0`` is uniform, ``power=1`` balances the groups. One epoch draws ``len(items)`` samples with replacement."""
     import torch
 
-    counts: dict[str, int] = {}
-    for it in items:
-        counts[it.get("group", "all")] = counts.get(it.get("group", "all"), 0) + 1
-    weights = torch.tensor([counts[it.get("group", "all")] ** -power for it in items], dtype=torch.double)
+    groups = [it.get("group", "all") for it in items]
+    counts = Counter(groups)
+    weights = torch.tensor([counts[g] ** -power for g in groups], dtype=torch.double)
     return torch.utils.data.WeightedRandomSampler(
         weights, num_samples=len(items), replacement=True, generator=torch.Generator().manual_seed(seed)
     )

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from scripts.networks import describe_state_dict
+from scripts import as_bool
+from scripts.networks import mismatch_message
 
 __all__ = ["pixel_pairs", "ensemble_files", "load_ensemble", "reset_ensemble"]
 
@@ -58,10 +59,7 @@ def load_ensemble(network: torch.nn.Module, ensemble_dir: str, device: str | tor
         try:
             member.load_state_dict(state)
         except RuntimeError as e:
-            raise RuntimeError(
-                f"the weights in {f} do not fit network_def: they belong to {describe_state_dict(state)}, while "
-                f"network_def builds {describe_state_dict(member.state_dict())}."
-            ) from e
+            raise RuntimeError(mismatch_message(f, state, member)) from e
         members.append(member.to(device).eval())
     return members
 
@@ -70,7 +68,7 @@ def reset_ensemble(ensemble_dir: str, resume: bool | str = False) -> None:
     """Start a training's checkpoint ensemble empty: remove ``model_key_metric=*.pt`` left in ``ensemble_dir`` by an
     earlier training (or shipped with the bundle), unless the training resumes, so the ensemble holds only the top-k
     checkpoints of this training."""
-    if str(resume).lower() in ("true", "1"):
+    if as_bool(resume):
         return
     for f in glob.glob(os.path.join(ensemble_dir, "model_key_metric=*.pt")):
         try:

@@ -18,7 +18,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from scripts.networks import describe_state_dict
+from scripts import as_bool
+from scripts.networks import mismatch_message
 
 __all__ = ["SaverState", "TrainingStateSaver", "latest_checkpoint", "StopOnNonFiniteLoss", "WeightsLoader"]
 
@@ -87,7 +88,7 @@ def latest_checkpoint(save_dir: str) -> str | None:
 
 def resume_path(save_dir: str, resume: bool | str) -> str | None:
     """The checkpoint to resume from when ``resume`` is set; an error naming ``save_dir`` when there is none."""
-    if str(resume).lower() not in ("true", "1"):
+    if not as_bool(resume):
         return None
     path = latest_checkpoint(save_dir)
     if path is None:
@@ -134,11 +135,4 @@ class WeightsLoader(CheckpointLoader):
             if isinstance(state, Mapping) and len(self.load_dict) == 1:
                 state = state.get(next(iter(self.load_dict)), state)
             net = next(iter(self.load_dict.values()))
-            net = getattr(net, "module", net)
-            found = describe_state_dict(state) if isinstance(state, Mapping) else "an unknown network"
-            expected = describe_state_dict(net.state_dict())
-            raise RuntimeError(
-                f"the weights in {self.load_path} do not fit network_def: they belong to {found}, while "
-                f"network_def builds {expected}. Set network_def to match the weights (for example "
-                f"--network_def#channels ...) or load weights trained with this configuration."
-            ) from e
+            raise RuntimeError(mismatch_message(self.load_path, state, getattr(net, "module", net))) from e

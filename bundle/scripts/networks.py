@@ -19,7 +19,16 @@ from monai.networks.layers.factories import Act, Pool
 from monai.networks.nets.attentionunet import AttentionBlock
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["RecurrentUnit", "R2Block", "AttentionGate", "PlainSkip", "DecoderLevel", "R2AttUNet"]
+__all__ = [
+    "RecurrentUnit",
+    "R2Block",
+    "AttentionGate",
+    "PlainSkip",
+    "DecoderLevel",
+    "R2AttUNet",
+    "describe_state_dict",
+    "mismatch_message",
+]
 
 
 class RecurrentUnit(nn.Module):
@@ -250,4 +259,14 @@ def describe_state_dict(state: dict) -> str:
     return (
         f"R2AttUNet(spatial_dims={spatial_dims}, in_channels={int(first.shape[1])}, out_channels={int(head.shape[0])}, "
         f"channels={channels}, attention gates at {gated} of {len(levels) - 1} depths)"
+    )
+
+
+def mismatch_message(path: object, state: object, network: nn.Module) -> str:
+    """The error for weights at ``path`` (``state``) that do not fit ``network``: which configuration each is."""
+    found = describe_state_dict(state) if isinstance(state, dict) else "an unknown network"
+    return (
+        f"the weights in {path} do not fit network_def: they belong to {found}, while network_def builds "
+        f"{describe_state_dict(network.state_dict())}. Set network_def to match the weights (for example "
+        f"--network_def#channels ...) or load weights trained with this configuration."
     )
