@@ -47,29 +47,59 @@ class Problem:
         return f"{'ERROR' if self.fatal else 'note '} {self.path}: {self.message}"
 
 
-def _read(path: str) -> tuple[np.ndarray | None, str, Problem | None]:
-    """Decode a whole image (catching truncated files): ``(array, PIL mode, problem)``."""
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+STACK_SUFFIXES = (".tif", ".tiff")
+
+
+def _read(path: str, stacks: bool = False) -> tuple[np.ndarray | None, str, Problem | None]:
+    """Decode a whole image (catching truncated files): ``(array, PIL mode, problem)``.
+
+    2D images give ``(H, W[, C])`` arrays. Multi-page TIFF stacks give ``(Z, Y, X)`` and NIfTI volumes their stored
+    array; with ``stacks=False`` (2D configs) they are a problem, with ``stacks=True`` (EM presets) they are read.
+    """
     if not os.path.isfile(path):
         return None, "", Problem(path, "file not found")
+    lower = path.lower()
     try:
+        if lower.endswith(VOLUME_SUFFIXES):
+            import nibabel as nib
+
+            array = np.asanyarray(nib.load(path).dataobj)
+            if not stacks:
+                return array, "", Problem(path, f"a volume of shape {array.shape} where a 2D image is expected (use the 3D preset configs/em3d.json)")
+            if array.ndim != 3:
+                return array, "", Problem(path, f"a volume of shape {array.shape}; expected 3 spatial dimensions (X, Y, Z)")
+            return array, "", None
+        if stacks and lower.endswith(STACK_SUFFIXES):
+            from scripts.readers import read_stack
+
+            array = read_stack(path)
+            return (array[0] if array.shape[0] == 1 else array), "", None
         with Image.open(path) as im:
             im.load()
             mode = im.mode
             n_frames = getattr(im, "n_frames", 1)
             array = np.asarray(im)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+    except Exception as e:  # PIL, tifffile and nibabel raise OSError, SyntaxError, ValueError... for broken files
         return None, "", Problem(path, f"unreadable or truncated image ({type(e).__name__}: {e})")
     if n_frames > 1:
-        return array, mode, Problem(path, f"a stack of {n_frames} pages where a 2D image is expected")
+        return array, mode, Problem(path, f"a stack of {n_frames} pages where a 2D image is expected (the EM presets configs/em2d.json and configs/em3d.json segment stacks)")
     return array, mode, None
 
 
-def check_image(path: str) -> tuple[list[Problem], tuple[int, ...] | None]:
-    """Problems of one 2D image and its ``(H, W)`` size (``None`` if unreadable)."""
-    array, mode, problem = _read(path)
+def check_image(path: str, stacks: bool = False) -> tuple[list[Problem], tuple[int, ...] | None]:
+    """Problems of one 2D image (or, with ``stacks``, image stack or volume) and its size: ``(H, W)`` for an image,
+    the array shape for a stack or volume (``None`` if unreadable)."""
+    array, mode, problem = _read(path, stacks)
     if array is None:
         return [problem], None
     problems = [problem] if problem else []
+    if stacks and array.ndim == 3 and (path.lower().endswith(VOLUME_SUFFIXES) or array.shape[-1] > MAX_CHANNELS):
+        if min(array.shape[:3]) < 1 or sorted(array.shape)[-2] < MIN_SIZE:
+            problems.append(Problem(path, f"volume of shape {array.shape} is empty or smaller than {MIN_SIZE}x{MIN_SIZE} per section"))
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            problems.append(Problem(path, "floating-point volume holds NaN or infinite values"))
+        return problems, tuple(array.shape)
     if array.size == 0 or min(array.shape[:2]) < MIN_SIZE:
         problems.append(Problem(path, f"image of size {array.shape[:2]} is empty or smaller than {MIN_SIZE}x{MIN_SIZE}"))
     channels = 1 if array.ndim == 2 else array.shape[-1]
@@ -84,10 +114,10 @@ def check_image(path: str) -> tuple[list[Problem], tuple[int, ...] | None]:
     return problems, tuple(array.shape[:2])
 
 
-def check_datalist(items: Sequence[dict]) -> list[Problem]:
+def check_datalist(items: Sequence[dict], stacks: bool = False) -> list[Problem]:
     """Problems of ``[{"image", "label"}]`` samples: unreadable, truncated, tiny or empty images, wrong channel
     counts, 16-bit and float images (notes), masks of another size than their image or with no foreground values
-    (note), duplicate images or ids."""
+    (note), duplicate images or ids. ``stacks``: samples may be image stacks or volumes (3D preset)."""
     problems: list[Problem] = []
     if not items:
         return [Problem("<datalist>", "the dataset is empty")]
@@ -95,7 +125,7 @@ def check_datalist(items: Sequence[dict]) -> list[Problem]:
     sids = [it.get("id", Path(it["image"]).stem) for it in items]
     counts, ids = Counter(paths), Counter(sids)
     for it, path, sid in zip(items, paths, sids):
-        image_problems, size = check_image(it["image"])
+        image_problems, size = check_image(it["image"], stacks)
         problems += image_problems
         if counts[path] > 1:
             problems.append(Problem(it["image"], f"listed {counts[path]} times"))
@@ -104,14 +134,15 @@ def check_datalist(items: Sequence[dict]) -> list[Problem]:
         if "label" not in it:
             problems.append(Problem(it["image"], "no label for this image"))
             continue
-        label, _, problem = _read(it["label"])
+        label, _, problem = _read(it["label"], stacks)
         if problem:
             problems.append(problem)
         if label is None:
             continue
-        if size is not None and tuple(label.shape[:2]) != size:
-            problems.append(Problem(it["label"], f"mask size {label.shape[:2]} differs from image size {size} of {it['image']}"))
-        if label.ndim > 2 and label.shape[-1] > MAX_CHANNELS:
+        label_size = tuple(label.shape) if size is not None and len(size) == 3 else tuple(label.shape[:2])
+        if size is not None and label_size != size:
+            problems.append(Problem(it["label"], f"mask size {label_size} differs from image size {size} of {it['image']}"))
+        if len(label_size) == 2 and label.ndim > 2 and label.shape[-1] > MAX_CHANNELS:
             problems.append(Problem(it["label"], f"mask with {label.shape[-1]} channels"))
         if not (label > 0).any():
             problems.append(Problem(it["label"], "empty mask (no foreground)", fatal=False))
@@ -153,10 +184,12 @@ def _report(problems: list[Problem], what: str) -> str:
     return "\n".join(lines)
 
 
-def validated(items: list[dict], skip_bad: bool | str = False, what: str = "dataset") -> list[dict]:
+def validated(
+    items: list[dict], skip_bad: bool | str = False, what: str = "dataset", stacks: bool = False
+) -> list[dict]:
     """``items`` after :func:`check_datalist`: raises ``ValueError`` with the full report when a sample is unusable,
-    or, with ``skip_bad``, drops those samples and logs which. Notes are logged."""
-    problems = check_datalist(items)
+    or, with ``skip_bad``, drops those samples and logs which. Notes are logged. ``stacks``: volumes allowed."""
+    problems = check_datalist(items, stacks)
     if problems:
         logger.warning(_report(problems, what))
     bad_files = {p.path for p in problems if p.fatal}
@@ -179,13 +212,14 @@ def validated(items: list[dict], skip_bad: bool | str = False, what: str = "data
 
 class InputCheck:
     """Inference inputs split into readable ones (``good``) and the others (``bad``, with reasons), so that a folder
-    run segments every good file and :meth:`raise_if_bad` (in ``finalize``) exits non-zero naming the bad ones."""
+    run segments every good file and :meth:`raise_if_bad` (in ``finalize``) exits non-zero naming the bad ones.
+    ``stacks``: multi-page TIFF stacks and NIfTI volumes are inputs too (EM presets), not problems."""
 
-    def __init__(self, items: list[dict]) -> None:
+    def __init__(self, items: list[dict], stacks: bool = False) -> None:
         self.good: list[dict] = []
         self.bad: list[Problem] = []
         for it in items:
-            fatal = [p for p in check_image(it["image"])[0] if p.fatal]
+            fatal = [p for p in check_image(it["image"], stacks)[0] if p.fatal]
             if fatal:
                 self.bad += fatal
                 logger.error(f"skipping {fatal[0]}")

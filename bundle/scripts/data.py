@@ -30,6 +30,8 @@ __all__ = [
     "to_grayscale",
     "image_group",
     "prepare_dsb2018",
+    "prepare_isbi2012",
+    "prepare_vnc",
     "split_datalist",
     "write_json_atomic",
     "load_datalist",
@@ -38,7 +40,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".nii", ".nii.gz")
 GROUPS = ("fluorescence", "brightfield", "colour")
 
 
@@ -226,7 +228,7 @@ def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
     if not files:
         raise ValueError(f"no image files ({', '.join(suffixes)}) in {folder}.")
     return [{"image": str(p)} for p in files]
@@ -244,3 +246,131 @@ def group_sampler(items: Sequence[dict], power: float = 0.5, seed: int = 0):
     return torch.utils.data.WeightedRandomSampler(
         weights, num_samples=len(items), replacement=True, generator=torch.Generator().manual_seed(seed)
     )
+
+
+def _isbi_pages(src: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """ISBI 2012 slices from the challenge's TIFF stacks (``train-volume.tif``, ``train-labels.tif``,
+    ``test-volume.tif``) or from one PNG per slice (``train/image/<k>.png``, ``train/label/<k>.png``, ``test/<k>.png``):
+    ``(images, labels, test images)``, each a list of ``(Y, X)`` uint8 pages in z order."""
+    import tifffile
+
+    def pngs(folder: Path) -> list[np.ndarray]:
+        files = sorted(folder.glob("*.png"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
+        return [np.asarray(Image.open(f).convert("L")) for f in files]
+
+    if (src / "train-volume.tif").is_file():
+        images = list(tifffile.imread(src / "train-volume.tif"))
+        labels = list(tifffile.imread(src / "train-labels.tif"))
+        test = list(tifffile.imread(src / "test-volume.tif")) if (src / "test-volume.tif").is_file() else []
+    elif (src / "train" / "image").is_dir():
+        images, labels = pngs(src / "train" / "image"), pngs(src / "train" / "label")
+        test = pngs(src / "test") if (src / "test").is_dir() else []
+    else:
+        raise FileNotFoundError(f"{src}: neither train-volume.tif nor train/image/ (ISBI 2012 layouts) found.")
+    if not images or len(images) != len(labels):
+        raise ValueError(f"{src}: {len(images)} training slices and {len(labels)} label slices; expected equal, non-zero.")
+    for k, (im, lb) in enumerate(zip(images, labels)):
+        if im.shape != lb.shape:
+            raise ValueError(f"{src}: slice {k}: label size {lb.shape} differs from image size {im.shape}.")
+    return images, labels, test
+
+
+def prepare_isbi2012(
+    src: str | os.PathLike, out: str | os.PathLike, val_slices: Sequence[int] = (20, 21, 22, 23, 24)
+) -> dict[str, list[dict]]:
+    """Convert ISBI 2012 (ssTEM, Drosophila larva VNC, 512x512 slices) into the bundle's layout, membrane as foreground.
+
+    The challenge labels membranes 0 and cell interior 255; this writes ``<out>/labels/slice_<k>.png`` with
+    **membrane = 255**, the class that matters for connectomics, ``<out>/images/slice_<k>.png``, the unlabelled test
+    slices as ``<out>/test/test_<k>.png`` and ``<out>/datalist.json`` with ``training``, ``validation`` (whole slices
+    ``val_slices``, default the last five of the 25 public ones, never trained on) and ``test`` (images only).
+    """
+    src, out = Path(src), Path(out)
+    images, labels, test = _isbi_pages(src)
+    missing = sorted(set(val_slices) - set(range(len(images))))
+    if missing:
+        raise ValueError(f"val_slices {missing} are not among the {len(images)} labelled slices of {src}.")
+    datalist: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
+    for k, (im, lb) in enumerate(zip(images, labels)):
+        name = f"slice_{k:02d}"
+        _save_png_atomic(im.astype(np.uint8), out / "images" / f"{name}.png")
+        _save_png_atomic(np.where(lb > 127, 0, 255).astype(np.uint8), out / "labels" / f"{name}.png")
+        item = {"image": f"images/{name}.png", "label": f"labels/{name}.png", "id": name}
+        datalist["validation" if k in val_slices else "training"].append(item)
+    for k, im in enumerate(test):
+        _save_png_atomic(im.astype(np.uint8), out / "test" / f"test_{k:02d}.png")
+        datalist["test"].append({"image": f"test/test_{k:02d}.png", "id": f"test_{k:02d}"})
+    write_json_atomic(datalist, out / "datalist.json")
+    logger.info(f"ISBI 2012: {len(datalist['training'])} training, {len(datalist['validation'])} validation slices in {out}")
+    return datalist
+
+
+VNC_SPACING_UM = (0.0046, 0.0046, 0.05)  # x, y in-plane and z section thickness of the ssTEM stack, micrometres
+
+
+def prepare_vnc(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    target: str = "mitochondria",
+    val_sections: Sequence[int] = (10, 11, 12, 13, 14, 15),
+) -> dict[str, dict[str, list[dict]]]:
+    """Convert an ssTEM stack of the Drosophila VNC dataset (``raw/NN.tif`` and ``<target>/NN.png`` per section,
+    ``target`` one of ``mitochondria``, ``membranes``, ``synapses``; binarised with ``> 0``) for 2D and 3D training.
+
+    Writes, with the sections ``val_sections`` (default the last six of stack1's 16) for validation only:
+
+    - ``<out>/volumes/``: ``images/{training,validation}.nii.gz`` and ``labels/...`` (``(X, Y, Z)``, 255 = target,
+      affine of :data:`VNC_SPACING_UM`), and ``datalist.json``, for the 3D preset;
+    - ``<out>/slices/``: one PNG per section in ``images/`` and ``labels/`` and ``datalist.json``, for a 2D network
+      trained and validated on the same sections.
+
+    The dataset is CC BY-NC-SA 3.0: prepared copies are for non-commercial research and must not be redistributed
+    in this repository (see ``docs/data_license.txt``).
+    """
+    import nibabel as nib
+    import tifffile
+
+    src, out = Path(src), Path(out)
+    raw_files = sorted((src / "raw").glob("*.tif"))
+    if not raw_files:
+        raise FileNotFoundError(f"{src / 'raw'}: no section TIFFs (expected the stack's raw/NN.tif).")
+    sections, masks = [], []
+    for f in raw_files:
+        mask_file = src / target / f"{f.stem}.png"
+        if not mask_file.is_file():
+            raise FileNotFoundError(f"{mask_file}: no {target} mask for section {f.name}.")
+        image = tifffile.imread(f)
+        mask = np.asarray(Image.open(mask_file)) > 0
+        if mask.ndim == 3:
+            mask = mask.any(-1)
+        if image.shape != mask.shape:
+            raise ValueError(f"{mask_file}: mask size {mask.shape} differs from image size {image.shape} of {f}.")
+        sections.append(image.astype(np.uint8))
+        masks.append(mask.astype(np.uint8) * 255)
+    missing = sorted(set(val_sections) - set(range(len(sections))))
+    if missing:
+        raise ValueError(f"val_sections {missing} are not among the {len(sections)} sections of {src}.")
+    split = {"training": [k for k in range(len(sections)) if k not in val_sections], "validation": list(val_sections)}
+    affine = np.diag([*VNC_SPACING_UM, 1.0])
+    volumes: dict[str, list[dict]] = {}
+    slices: dict[str, list[dict]] = {"training": [], "validation": []}
+    for key, ks in split.items():
+        for kind, stack in (("images", sections), ("labels", masks)):
+            xyz = np.ascontiguousarray(np.transpose(np.stack([stack[k] for k in ks]), (2, 1, 0)))
+            path = out / "volumes" / kind / f"{key}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{key}.partial.nii.gz")
+            img = nib.Nifti1Image(xyz, affine)
+            img.header.set_xyzt_units("micron")
+            nib.save(img, str(tmp))
+            os.replace(tmp, path)
+        volumes[key] = [{"image": f"images/{key}.nii.gz", "label": f"labels/{key}.nii.gz", "id": key, "sections": ks}]
+        for k in ks:
+            name = raw_files[k].stem
+            _save_png_atomic(sections[k], out / "slices" / "images" / f"{name}.png")
+            _save_png_atomic(masks[k], out / "slices" / "labels" / f"{name}.png")
+            slices[key].append({"image": f"images/{name}.png", "label": f"labels/{name}.png", "id": name})
+    write_json_atomic(volumes, out / "volumes" / "datalist.json")
+    write_json_atomic(slices, out / "slices" / "datalist.json")
+    logger.info(f"VNC {target}: sections {split['training']} for training, {split['validation']} for validation in {out}")
+    return {"volumes": volumes, "slices": slices}

@@ -1,4 +1,5 @@
-"""Evaluation helpers that MONAI and ignite lack: pixel-level inputs for ignite's epoch metrics, and loading the
+"""Evaluation helpers that MONAI and ignite lack: pixel-level inputs for ignite's epoch metrics, the complement class
+of a binary segmentation, the ISBI 2012 challenge's foreground-restricted Rand and information scores, and loading the
 checkpoint ensemble (the top-k checkpoints by validation Dice that training keeps)."""
 
 from __future__ import annotations
@@ -9,12 +10,24 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+from monai.handlers import from_engine
+from monai.metrics import CumulativeIterationMetric
+from scipy import ndimage
 
 from scripts import as_bool
 from scripts.networks import mismatch_message
 
-__all__ = ["pixel_pairs", "ensemble_files", "load_ensemble", "reset_ensemble"]
+__all__ = [
+    "pixel_pairs",
+    "complement",
+    "rand_info_scores",
+    "ForegroundRandInfo",
+    "ensemble_files",
+    "load_ensemble",
+    "reset_ensemble",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +45,80 @@ def pixel_pairs(pred_key: str = "prob", label_key: str = "label") -> Callable[[S
         return y_pred, y
 
     return _transform
+
+
+def complement(keys: Sequence[str] = ("pred", "label")) -> Callable[[Sequence[dict]], list]:
+    """Output transform giving ``1 - x`` for each key of the decollated output, so that a metric of a binary
+    segmentation's foreground scores its other class (e.g. the cell interior of a membrane segmentation)."""
+    select = from_engine(list(keys))
+
+    def _transform(output: Sequence[dict]) -> list:
+        return [[1 - t for t in values] for values in select(output)]
+
+    return _transform
+
+
+def _segments(boundary: np.ndarray) -> np.ndarray:
+    """Connected components (face connectivity) of the non-boundary pixels: 0 on the boundary, 1..n the regions."""
+    return ndimage.label(~boundary)[0]
+
+
+def rand_info_scores(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
+    """The ISBI 2012 challenge's foreground-restricted Rand and information scores of a boundary map.
+
+    ``pred`` and ``label`` are binary boundary (membrane) maps of one image or volume. Each is turned into regions
+    (connected components of its non-boundary pixels, face connectivity); the scores are computed on the pixels that
+    are inside a region of ``label`` (foreground-restricted), with ``p_ij`` the joint distribution of predicted
+    region ``i`` and true region ``j`` (predicted boundary pixels form a region of their own), as in
+    Arganda-Carreras et al., Front. Neuroanat. 2015:
+
+    - ``V_rand = sum p_ij^2 / (0.5 sum_i s_i^2 + 0.5 sum_j t_j^2)``,
+    - ``V_info = I(S; T) / (0.5 H(S) + 0.5 H(T))``,
+
+    both 1 for a perfect segmentation. Returns ``(V_rand, V_info)``.
+    """
+    seg_pred, seg_true = _segments(np.asarray(pred) > 0), _segments(np.asarray(label) > 0)
+    mask = seg_true > 0
+    if not mask.any():
+        return float("nan"), float("nan")
+    pairs = np.stack([seg_pred[mask], seg_true[mask]])
+    _, joint = np.unique(pairs, axis=1, return_counts=True)
+    _, s = np.unique(pairs[0], return_counts=True)
+    _, t = np.unique(pairs[1], return_counts=True)
+    n = float(mask.sum())
+    p, s, t = joint / n, s / n, t / n
+    v_rand = (p**2).sum() / (0.5 * (s**2).sum() + 0.5 * (t**2).sum())
+    h_s, h_t, h_st = -(s * np.log(s)).sum(), -(t * np.log(t)).sum(), -(p * np.log(p)).sum()
+    mutual = h_s + h_t - h_st
+    v_info = mutual / (0.5 * h_s + 0.5 * h_t) if h_s + h_t > 0 else 1.0
+    return float(v_rand), float(v_info)
+
+
+class ForegroundRandInfo(CumulativeIterationMetric):
+    """Per-image foreground-restricted Rand (``score="rand"``) or information (``score="info"``) score of binary
+    boundary segmentations (see :func:`rand_info_scores`), averaged over images. Inputs ``(B, 1, *spatial)``,
+    boundary = 1. Wrap in ``IgniteMetricHandler`` to use it in an evaluator."""
+
+    def __init__(self, score: str = "rand") -> None:
+        super().__init__()
+        if score not in ("rand", "info"):
+            raise ValueError(f"score must be 'rand' or 'info', got {score!r}.")
+        self.index = 0 if score == "rand" else 1
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if y is None:
+            raise ValueError("ForegroundRandInfo needs the label.")
+        scores = [
+            rand_info_scores(p[0].detach().cpu().numpy() > 0.5, t[0].detach().cpu().numpy() > 0.5)[self.index]
+            for p, t in zip(y_pred, y)
+        ]
+        return torch.tensor(scores, dtype=torch.float32).reshape(-1, 1)
+
+    def aggregate(self) -> torch.Tensor:
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("ForegroundRandInfo: no data to aggregate.")
+        return torch.nanmean(data.float())
 
 
 def ensemble_files(ensemble_dir: str) -> list[str]:

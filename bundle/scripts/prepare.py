@@ -1,6 +1,8 @@
 """Command line for data preparation.
 
 ``python -m scripts.prepare dsb2018 --src <stage1_train> --out <dir> [--fixes <dir>] [--val_fraction 0.1] [--seed 0]``
+``python -m scripts.prepare isbi2012 --src <isbi2012> --out <dir> [--val_slices "[20,21,22,23,24]"]``
+``python -m scripts.prepare vnc --src <stack1> --out <dir> [--target mitochondria] [--val_sections "[10,...,15]"]``
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import logging
 
 import fire
 
-from scripts.data import prepare_dsb2018
+from scripts.data import prepare_dsb2018, prepare_isbi2012, prepare_vnc
 
 
 def dsb2018(src: str, out: str, fixes: str | None = None, val_fraction: float = 0.1, seed: int = 0, ids=None) -> None:
@@ -18,6 +20,21 @@ def dsb2018(src: str, out: str, fixes: str | None = None, val_fraction: float = 
     print(f"{out}/datalist.json: {len(datalist['training'])} training, {len(datalist['validation'])} validation")
 
 
+def isbi2012(src: str, out: str, val_slices=(20, 21, 22, 23, 24)) -> None:
+    """Convert ISBI 2012 (TIFF stacks or one PNG per slice) into ``out``, membrane = 255, slices ``val_slices`` for
+    validation."""
+    datalist = prepare_isbi2012(src, out, val_slices=tuple(val_slices))
+    print(f"{out}/datalist.json: {len(datalist['training'])} training, {len(datalist['validation'])} validation slices")
+
+
+def vnc(src: str, out: str, target: str = "mitochondria", val_sections=(10, 11, 12, 13, 14, 15)) -> None:
+    """Convert a Drosophila VNC ssTEM stack into ``out/volumes`` (3D) and ``out/slices`` (2D), sections
+    ``val_sections`` for validation."""
+    lists = prepare_vnc(src, out, target=target, val_sections=tuple(val_sections))
+    print(f"{out}/volumes/datalist.json and {out}/slices/datalist.json: {len(lists['slices']['training'])} training, "
+          f"{len(lists['slices']['validation'])} validation sections")
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    fire.Fire({"dsb2018": dsb2018})
+    fire.Fire({"dsb2018": dsb2018, "isbi2012": isbi2012, "vnc": vnc})

@@ -6,9 +6,13 @@ import logging
 import os
 from pathlib import Path
 
-from monai.data import PILWriter
+import nibabel as nib
+import numpy as np
+import tifffile
+from monai.data import ImageWriter, PILWriter
+from PIL import Image
 
-__all__ = ["AtomicPILWriter"]
+__all__ = ["AtomicPILWriter", "AtomicStackWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +26,75 @@ class AtomicPILWriter(PILWriter):
         tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         try:
             super().write(tmp, verbose=False, **kwargs)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if verbose:
+            logger.info(f"writing: {path}")
+
+
+class AtomicStackWriter(ImageWriter):
+    """Writes a ``(C=1, X, Y, Z)`` result in the format of the input it came from, atomically:
+
+    - NIfTI input (``.nii``, ``.nii.gz``): ``<stem>.nii.gz`` with the input's affine (nibabel);
+    - TIFF input (``.tif``, ``.tiff``): a multi-page ``(Z, Y, X)`` TIFF ``<stem>.tif`` (ImageJ hyperstack), even for one page;
+    - any other image (PNG, JPEG...): ``<stem>.png``, which needs ``Z = 1``.
+
+    The input is ``meta["filename_or_obj"]``; the target name's suffix from ``SaveImaged(output_ext=...)`` is replaced.
+    Arrays are written with the dtype ``SaveImaged`` passes (``output_dtype``, after ``scale``).
+    """
+
+    def __init__(self, output_dtype=np.uint8, scale: int | None = None, **kwargs) -> None:
+        super().__init__(output_dtype=output_dtype, scale=scale, **kwargs)
+        self.source = ""
+        self.affine = None
+
+    def set_data_array(self, data_array, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs) -> None:
+        array = np.asarray(data_array.detach().cpu() if hasattr(data_array, "detach") else data_array)
+        if channel_dim is not None:
+            if array.shape[channel_dim] != 1:
+                raise ValueError(f"AtomicStackWriter writes one channel, got shape {array.shape}.")
+            array = np.take(array, 0, axis=channel_dim)
+        if array.ndim == 2:
+            array = array[..., None]
+        self.data_obj = array  # (X, Y, Z)
+
+    def set_metadata(self, meta_dict: dict | None = None, resample: bool = False, **options) -> None:
+        meta_dict = meta_dict or {}
+        self.source = str(meta_dict.get("filename_or_obj", ""))
+        affine = meta_dict.get("original_affine", meta_dict.get("affine"))
+        self.affine = None if affine is None else np.asarray(affine, dtype=np.float64)
+
+    def write(self, filename, verbose: bool = False, **kwargs) -> None:
+        source = self.source.lower()
+        target = Path(filename)
+        stem = target.name[: -len("".join(target.suffixes))] if target.suffixes else target.name
+        data = self.data_obj
+        if self.scale:
+            data = np.clip(data, 0.0, 1.0) * self.scale
+        if self.output_dtype is not None:
+            data = data.astype(self.output_dtype, copy=False)
+        if source.endswith((".nii", ".nii.gz")):
+            path = target.with_name(stem + ".nii.gz")
+            save = lambda tmp: nib.save(nib.Nifti1Image(data, self.affine if self.affine is not None else np.eye(4)), tmp)
+            tmp_suffix = ".nii.gz"
+        elif source.endswith((".tif", ".tiff")):
+            path = target.with_name(stem + ".tif")
+            save = lambda tmp: tifffile.imwrite(  # an ImageJ hyperstack: pages, never read as RGB
+                tmp, np.ascontiguousarray(np.transpose(data, (2, 1, 0))), imagej=True, metadata={"axes": "ZYX"}
+            )
+            tmp_suffix = ".tif"
+        else:
+            if data.shape[-1] != 1:
+                raise ValueError(f"{self.source}: a {data.shape[-1]}-page result cannot be written as one PNG.")
+            path = target.with_name(stem + ".png")
+            save = lambda tmp: Image.fromarray(np.ascontiguousarray(data[..., 0].T)).save(tmp, format="PNG")
+            tmp_suffix = ".png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{stem}.partial{tmp_suffix}")
+        try:
+            save(str(tmp))
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -1,0 +1,87 @@
+"""Image-stack reader: 2D images and multi-page TIFF stacks as one ``(X, Y, Z)`` volume.
+
+EM stacks come as multi-page TIFF files stored ``(Z, Y, X)`` (ImageJ, ISBI 2012); single images as PNG/TIFF/JPEG.
+:class:`StackReader` reads both into the array order MONAI's readers use for volumes, ``(X, Y, Z)`` (a 2D image is a
+stack of one page, ``Z = 1``), so the EM presets run one pipeline for images and stacks: the 2D preset segments each
+page with a 2D network (``SliceInferer``), the 3D preset the whole volume. :class:`~scripts.writers.AtomicStackWriter`
+writes the result back in the input's format. NIfTI volumes are read by MONAI's ``NibabelReader``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from monai.data import ImageReader
+from monai.data.utils import is_supported_format
+from monai.utils import MetaKeys, SpaceKeys
+from PIL import Image
+
+from scripts.data import to_grayscale
+
+__all__ = ["STACK_SUFFIXES", "StackReader", "read_stack"]
+
+STACK_SUFFIXES = ("tif", "tiff", "png", "jpg", "jpeg", "bmp")
+
+
+def read_stack(path: str | os.PathLike) -> np.ndarray:
+    """Pixels of an image or image stack as ``(Z, Y, X)`` (``Z = 1`` for one image); colour converted to gray.
+
+    Raises:
+        ValueError: naming ``path`` when the file cannot be decoded or does not hold 2D pages.
+    """
+    path = str(path)
+    try:
+        if Path(path).suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                array = series.asarray()
+                axes = series.axes
+            if "S" in axes:  # RGB(A) samples, contiguous or planar: to gray like the 2D reader
+                rgb = np.moveaxis(array, axes.index("S"), -1)
+                array = np.asarray(
+                    [np.asarray(to_grayscale(Image.fromarray(p.astype(np.uint8)))) for p in rgb.reshape(-1, *rgb.shape[-3:])]
+                )
+        else:
+            with Image.open(path) as im:
+                array = np.asarray(to_grayscale(im))
+    except Exception as e:  # tifffile and PIL raise many types for broken files
+        raise ValueError(f"{path}: unreadable or truncated image ({type(e).__name__}: {e})") from e
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected 2D pages (a (Z, Y, X) stack), got an array of shape {array.shape}.")
+    return array
+
+
+class StackReader(ImageReader):
+    """MONAI image reader for 2D images and multi-page TIFF stacks, returning ``(X, Y, Z)`` arrays.
+
+    A single image gives ``Z = 1``. The affine is the identity (pixel units); ``meta["stack"]`` says whether the
+    file held several pages. Use with ``LoadImaged(reader=StackReader())`` or with a list of readers.
+    """
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        return is_supported_format(filename, STACK_SUFFIXES)
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs) -> list[tuple[str, np.ndarray]]:
+        files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        return [(str(f), read_stack(f)) for f in files]
+
+    def get_data(self, img: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, dict]:
+        if len(img) != 1:
+            raise ValueError("StackReader reads one file per sample.")
+        filename, zyx = img[0]
+        xyz = np.ascontiguousarray(np.transpose(zyx, (2, 1, 0)))
+        meta = {
+            MetaKeys.AFFINE: np.eye(4),
+            MetaKeys.ORIGINAL_AFFINE: np.eye(4),
+            MetaKeys.SPATIAL_SHAPE: np.asarray(xyz.shape),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.SPACE: SpaceKeys.RAS,
+            "stack": zyx.shape[0] > 1,
+        }
+        return xyz, meta

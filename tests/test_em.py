@@ -1,0 +1,241 @@
+"""EM presets: ISBI 2012 membranes in 2D (configs/em2d.json) and volumetric EM in 3D (configs/em3d.json).
+
+Preparation, download, the stack reader and writer, the challenge metrics, and the presets run through
+``monai.bundle`` on small real crops of ISBI 2012 and of the Drosophila VNC stack (never copied into the repo)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import BUNDLE, SHARED_DATA, run_bundle
+from PIL import Image
+from scipy import ndimage
+
+from scripts.check import InputCheck, check_datalist
+from scripts.data import prepare_isbi2012, prepare_vnc
+from scripts.download import ISBI2012_FILES, download_isbi2012
+from scripts.evaluation import ForegroundRandInfo, rand_info_scores
+from scripts.readers import StackReader
+from scripts.writers import AtomicStackWriter
+
+ISBI = SHARED_DATA / "isbi2012"
+VNC = SHARED_DATA / "drosophila_vnc_sstem" / "stack1"
+TINY_2D = ["--network_def#channels", "[8,16,32]", "--patch_size", "[64,64]"]
+TINY_3D = ["--network_def#channels", "[4,8,16,32]", "--patch_size", "[32,32,4]"]
+IDENTITY = ["--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True"]
+
+
+@pytest.fixture(scope="module")
+def isbi_pages():
+    if not ISBI.is_dir():
+        pytest.skip(f"ISBI 2012 not found at {ISBI}")
+    images = [np.asarray(Image.open(ISBI / "train" / "image" / f"{k}.png")) for k in range(25)]
+    labels = [np.asarray(Image.open(ISBI / "train" / "label" / f"{k}.png")) for k in range(25)]
+    return np.stack(images), np.stack(labels)
+
+
+@pytest.fixture(scope="module")
+def vnc_stack():
+    if not VNC.is_dir():
+        pytest.skip(f"Drosophila VNC stack not found at {VNC}")
+    return VNC
+
+
+def test_prepare_isbi2012_png_and_tiff_layouts_agree(isbi_pages, tmp_path):
+    from_png = prepare_isbi2012(ISBI, tmp_path / "png")
+    assert [len(from_png[k]) for k in ("training", "validation", "test")] == [20, 5, 30]
+    assert [it["id"] for it in from_png["validation"]] == [f"slice_{k}" for k in range(20, 25)]
+    label = np.asarray(Image.open(tmp_path / "png" / "labels" / "slice_20.png"))
+    image = np.asarray(Image.open(tmp_path / "png" / "images" / "slice_20.png"))
+    assert set(np.unique(label)) == {0, 255}
+    assert 0.15 < (label == 255).mean() < 0.3  # membrane is the minority class (about 22 %)
+    assert image[label == 255].mean() < image[label == 0].mean()  # membranes are dark in EM
+    images, labels = isbi_pages
+    tifffile.imwrite(tmp_path / "train-volume.tif", images, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "train-labels.tif", labels, photometric="minisblack")
+    prepare_isbi2012(tmp_path, tmp_path / "tif", val_slices=[0, 1])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "tif" / "labels" / "slice_20.png")), label)
+    with pytest.raises(ValueError, match="val_slices"):
+        prepare_isbi2012(tmp_path, tmp_path / "bad", val_slices=[30])
+
+
+@pytest.fixture()
+def isbi_server(isbi_pages, tmp_path):
+    """An HTTP server on 127.0.0.1 serving the three ISBI 2012 stacks (3 real pages each)."""
+    images, labels = isbi_pages
+    www = tmp_path / "www"
+    www.mkdir()
+    tifffile.imwrite(www / "train-volume.tif", images[:3], photometric="minisblack")
+    tifffile.imwrite(www / "train-labels.tif", labels[:3], photometric="minisblack")
+    tifffile.imwrite(www / "test-volume.tif", images[3:6], photometric="minisblack")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", www
+    httpd.shutdown()
+
+
+def test_download_isbi2012(isbi_server, tmp_path):
+    url, www = isbi_server
+    out = download_isbi2012(str(tmp_path / "dl"), base_url=url, verify=False, prepare=True, val_slices=[2], progress=False)
+    recorded = dict(line.split()[::-1] for line in (out / "md5.txt").read_text().splitlines())
+    assert recorded == {n: hashlib.md5((www / n).read_bytes()).hexdigest() for n in ISBI2012_FILES}
+    datalist = json.loads((out / "prepared" / "datalist.json").read_text())
+    assert [len(datalist[k]) for k in ("training", "validation", "test")] == [2, 1, 3]
+    # the pinned checksums of the challenge's files reject these 3-page copies
+    with pytest.raises(Exception, match="md5"):
+        download_isbi2012(str(tmp_path / "dl2"), base_url=url, verify=True, progress=False)
+
+
+def test_rand_info_scores_match_the_challenge_definitions(isbi_pages):
+    membrane = isbi_pages[1][20] == 0
+    assert rand_info_scores(membrane, membrane) == (1.0, 1.0)
+    split = membrane.copy()
+    split[:, 256] = True  # one cut through every cell: a split error
+    merged = membrane.copy()
+    merged[200:300, 200:300] = False  # membranes erased in a square: the cells there merge
+    from skimage.metrics import adapted_rand_error
+
+    for pred in (split, merged):
+        v_rand, v_info = rand_info_scores(pred, membrane)
+        truth, segs = ndimage.label(~membrane)[0], ndimage.label(~pred)[0]
+        # skimage counts pairs without self-pairs; the challenge's formula squares the counts
+        assert v_rand == pytest.approx(1 - adapted_rand_error(truth, segs, ignore_labels=(0,))[0], abs=2e-3)
+        assert 0 < v_rand < 1 and 0 < v_info < 1
+    metric = ForegroundRandInfo("info")
+    metric(torch.as_tensor(np.stack([membrane, split]))[:, None].float(), torch.as_tensor(np.stack([membrane] * 2))[:, None].float())
+    assert metric.aggregate().item() == pytest.approx((1 + rand_info_scores(split, membrane)[1]) / 2)
+
+
+def test_stack_reader_and_writer_round_trip(tmp_path):
+    zyx = np.random.default_rng(0).integers(0, 255, (3, 20, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", zyx, photometric="minisblack")
+    xyz, meta = StackReader().get_data(StackReader().read(str(tmp_path / "s.tif")))
+    assert xyz.shape == (30, 20, 3) and meta["stack"]
+    assert np.array_equal(xyz[:, :, 1], zyx[1].T)
+    writer = AtomicStackWriter(output_dtype=np.uint8)
+    writer.set_data_array(torch.as_tensor(xyz[None]), channel_dim=0)
+    writer.set_metadata({"filename_or_obj": str(tmp_path / "s.tif")})
+    writer.write(tmp_path / "out" / "s_seg.png")  # the extension follows the input
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "s_seg.tif"), zyx)
+    affine = np.diag([0.5, 0.5, 4.0, 1.0])
+    writer.set_metadata({"filename_or_obj": str(tmp_path / "v.nii.gz"), "original_affine": affine})
+    writer.write(tmp_path / "out" / "v_seg.png")
+    nii = nib.load(tmp_path / "out" / "v_seg.nii.gz")
+    assert np.array_equal(np.asarray(nii.dataobj), xyz) and np.allclose(nii.affine, affine)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s_seg.tif", "v_seg.nii.gz"]  # no partial files
+
+
+def test_checks_name_stacks_and_volumes(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 32, 32), np.uint8), photometric="minisblack")
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 4), np.uint8), np.eye(4)), tmp_path / "vol.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((32, 30, 4), np.uint8), np.eye(4)), tmp_path / "lab.nii.gz")
+    items = [{"image": str(tmp_path / "stack.tif")}, {"image": str(tmp_path / "vol.nii.gz")}]
+    with pytest.raises(ValueError, match="no readable input"):
+        InputCheck(items)  # a 2D configuration refuses stacks, naming the presets
+    assert len(InputCheck(items, stacks=True).good) == 2
+    problems = check_datalist([{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}], stacks=True)
+    assert any("lab.nii.gz: mask size (32, 30, 4) differs from image size (32, 32, 4)" in str(p) for p in problems)
+
+
+def _identity_expectation(zyx: np.ndarray) -> np.ndarray:
+    """What inference with an identity network writes: pixels above the input's mean (NormalizeIntensityd, then
+    sigmoid > 0.5), as 255."""
+    return np.where(zyx.astype(np.float32) > zyx.astype(np.float32).mean(), 255, 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("preset", ["em2d", "em3d"])
+def test_inference_keeps_shape_orientation_and_geometry(preset, isbi_pages, tmp_path):
+    """An identity network makes the output predictable: TIFF stacks come back as (Z, Y, X) TIFFs, PNGs as PNGs and
+    NIfTI volumes with their affine, each pixel in its place."""
+    zyx = isbi_pages[0][:3, :70, :90]
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "stack.tif", zyx, photometric="minisblack")
+    files = ["stack_seg.tif"]
+    if preset == "em2d":
+        Image.fromarray(zyx[0]).save(src / "one.png")
+        files.append("one_seg.png")
+    else:
+        affine = np.array([[0.0046, 0, 0, 10], [0, 0.0046, 0, -5], [0, 0, 0.05, 2], [0, 0, 0, 1]])
+        nib.save(nib.Nifti1Image(np.transpose(zyx, (2, 1, 0)), affine), src / "vol.nii.gz")
+        files.append("vol_seg.nii.gz")
+    run_bundle("run", "--config_file", f"['configs/inference.json','configs/{preset}.json']", *IDENTITY,
+               "--dataset_dir", str(src), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
+    seg = tifffile.imread(tmp_path / "out" / "stack_seg.tif")
+    assert seg.dtype == np.uint8 and seg.shape == zyx.shape
+    assert np.array_equal(seg, _identity_expectation(zyx))
+    if preset == "em2d":
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "one_seg.png")), _identity_expectation(zyx[0]))
+    else:
+        nii = nib.load(tmp_path / "out" / "vol_seg.nii.gz")
+        assert np.allclose(nii.affine, affine) and nii.shape == (90, 70, 3)
+        assert np.array_equal(np.asarray(nii.dataobj), np.transpose(_identity_expectation(zyx), (2, 1, 0)))
+
+
+def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):
+    """The 2D preset on 128x128 crops of 4 real ISBI slices (3 training, 1 validation), then its weights segment a
+    TIFF stack slice by slice."""
+    images, labels = isbi_pages
+    tifffile.imwrite(tmp_path / "train-volume.tif", images[:4, :128, :128], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "train-labels.tif", labels[:4, :128, :128], photometric="minisblack")
+    prepare_isbi2012(tmp_path, tmp_path / "data", val_slices=[3])
+    out = tmp_path / "run"
+    args = ["--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(out / "models"), *TINY_2D]
+    run_bundle("run", "--config_file", "['configs/train.json','configs/em2d.json']", *args, "--num_epochs", "1",
+               "--val_interval", "1", "--output_dir", str(out / "runs"), "--progress_bar", "false", "--num_workers", "0")
+    assert (out / "models" / "model.pt").is_file()
+    run_bundle("run", "--config_file", "['configs/train.json','configs/evaluate.json','configs/em2d.json']", *args,
+               "--eval_dir", str(out / "eval"), "--ensemble", "false", "--num_workers", "0")
+    metrics = (out / "eval" / "best" / "metrics.csv").read_text()
+    for name in ("val_mean_dice", "val_interior_pooled_dice", "val_rand_score", "val_info_score"):
+        assert name in metrics
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "stack.tif", images[20:22, :100, :120], imagej=True)  # as Fiji writes stacks
+    run_bundle("run", "--config_file", "['configs/inference.json','configs/em2d.json']", *args[2:],
+               "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "seg"), "--progress_bar", "false")
+    seg = tifffile.imread(tmp_path / "seg" / "stack_seg.tif")
+    assert seg.shape == (2, 100, 120) and set(np.unique(seg)) <= {0, 255}
+
+
+def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
+    """The 3D preset on a 64x64x6 crop of the real VNC stack (4 sections training, 2 validation), then its weights
+    segment a TIFF stack and a NIfTI volume, keeping shape and affine."""
+    prepare_vnc(vnc_stack, tmp_path / "full", val_sections=[4, 5])
+    data = tmp_path / "data"
+    lists = json.loads((tmp_path / "full" / "volumes" / "datalist.json").read_text())
+    for key in ("training", "validation"):
+        for kind in ("images", "labels"):
+            nii = nib.load(tmp_path / "full" / "volumes" / kind / f"{key}.nii.gz")
+            crop = np.asarray(nii.dataobj)[448:512, 448:512]
+            (data / kind).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(crop, nii.affine), data / kind / f"{key}.nii.gz")
+    (data / "datalist.json").write_text(json.dumps({k: lists[k] for k in ("training", "validation")}))
+    out = tmp_path / "run"
+    run_bundle("run", "--config_file", "['configs/train.json','configs/em3d.json']", "--dataset_dir", str(data),
+               "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "runs"), *TINY_3D, "--num_epochs", "2",
+               "--val_interval", "2", "--progress_bar", "false", "--num_workers", "0")
+    assert (out / "models" / "model.pt").is_file()
+    src = tmp_path / "in"
+    src.mkdir()
+    volume = nib.load(data / "images" / "validation.nii.gz")
+    nib.save(volume, src / "vol.nii.gz")
+    tifffile.imwrite(src / "stack.tif", np.transpose(np.asarray(volume.dataobj), (2, 1, 0)), photometric="minisblack")
+    run_bundle("run", "--config_file", "['configs/inference.json','configs/em3d.json']", "--ckpt_dir", str(out / "models"),
+               *TINY_3D, "--dataset_dir", str(src), "--output_dir", str(tmp_path / "seg"), "--progress_bar", "false")
+    nii = nib.load(tmp_path / "seg" / "vol_seg.nii.gz")
+    assert nii.shape == volume.shape and np.allclose(nii.affine, volume.affine)
+    seg = tifffile.imread(tmp_path / "seg" / "stack_seg.tif")
+    assert seg.shape == (2, 64, 64) and seg.dtype == np.uint8
+    assert np.array_equal(seg, np.transpose(np.asarray(nii.dataobj), (2, 1, 0)))  # same result for both formats
