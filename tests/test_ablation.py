@@ -23,6 +23,7 @@ from scripts.ablation import (
     Row,
     Scale,
     aggregate,
+    implied_foreground_share,
     markdown_table,
     paired_test,
     plot_table,
@@ -129,6 +130,15 @@ def test_paired_test():
         paired_test({"x.png": 1.0}, {"y.png": 1.0})
 
 
+def test_implied_foreground_share():
+    tp, fn, fp, tn = 30.0, 10.0, 5.0, 155.0
+    precision, recall, accuracy = tp / (tp + fp), tp / (tp + fn), (tp + tn) / (tp + fn + fp + tn)
+    assert implied_foreground_share(precision, recall, accuracy) == pytest.approx((tp + fn) / 200)
+    # the paper's Table 2 ISBI 2012 row fits a cell-interior share near the data's (1 - membrane share)
+    isbi = next(r for r in TABLE2 if r.variant == "r2attunet" and r.dataset == "isbi2012").paper
+    assert 0.7 < implied_foreground_share(isbi["precision"], isbi["recall"], isbi["accuracy"]) < 0.85
+
+
 def _fake_result(row: Row, seed: int, shift: float, rng: np.random.Generator) -> dict:
     per_image = {f"img{i}.png": float(np.clip(0.6 + shift + rng.normal(0, 0.02), 0, 1)) for i in range(12)}
     dice = float(np.mean(list(per_image.values())))
@@ -189,3 +199,5 @@ def test_tiny_row_through_the_bundle(tmp_path):
     start = time.time()
     assert run_row(row, 0, scale, datalists, tmp_path / "out") == result  # resumable: a finished row is skipped
     assert time.time() - start < 1
+    with pytest.raises(ValueError, match="another scale"):
+        run_row(row, 0, Scale(**{**scale.__dict__, "num_epochs": 2}), datalists, tmp_path / "out")

@@ -56,6 +56,7 @@ __all__ = [
     "aggregate",
     "paired_test",
     "comparisons",
+    "implied_foreground_share",
     "write_csv",
     "markdown_table",
     "plot_table",
@@ -182,7 +183,7 @@ class Scale:
     patch_size: tuple = (128, 128)
     infer_roi: tuple = (256, 256)
     num_epochs: int = 5
-    em_epochs: int = 8
+    em_epochs: int = 10
     learning_rate: float = 1e-3
     batch_size: int = 4
     train_images: int | None = 80
@@ -332,6 +333,11 @@ def run_row(row: Row, seed: int, scale: Scale, datalists: tuple[str | os.PathLik
     per-image Dice of the bundle's foreground, seconds)."""
     row_dir = Path(out) / row.dataset / row.key / f"seed{seed}"
     result_file = row_dir / "result.json"
+    done = row_dir / "train_done.json"
+    this_scale = json.loads(json.dumps(asdict(scale)))
+    for f in (result_file, done):
+        if f.is_file() and json.loads(f.read_text())["scale"] != this_scale:
+            raise ValueError(f"{f} was made at another scale than {this_scale}: use another --out or remove {row_dir}.")
     if result_file.is_file():
         return json.loads(result_file.read_text())
     row_dir.mkdir(parents=True, exist_ok=True)
@@ -344,10 +350,9 @@ def run_row(row: Row, seed: int, scale: Scale, datalists: tuple[str | os.PathLik
     mb = [python, "-m", "monai.bundle", "run", "--config_file"]
     train_cmd = mb + [json.dumps(["configs/train.json", *train_configs])] + common + [
         "--datalist", str(Path(datalists[0]).resolve())]
-    done = row_dir / "train_done.json"
     if not done.is_file():  # resume: a finished training is not repeated when only evaluation failed
         train_s = _run(train_cmd, row_dir / "train.log", env)
-        write_json_atomic({"seconds": train_s}, done)
+        write_json_atomic({"seconds": train_s, "scale": this_scale}, done)
     train_s = json.loads(done.read_text())["seconds"]
     configs = ["configs/train.json", "configs/evaluate.json", *eval_configs]
     if row.dataset == "isbi2012":
@@ -423,6 +428,14 @@ def paired_test(a: dict, b: dict) -> dict:
     return {"n": len(files), "mean_diff": float(d.mean()), "wins": int((d > 0).sum()), "p": p}
 
 
+def implied_foreground_share(precision: float, recall: float, accuracy: float) -> float:
+    """The foreground share of pixels that pooled ``precision``, ``recall`` and ``accuracy`` imply together:
+    with share ``p``, ``FN = p (1 - R)`` and ``FP = p R (1 / P - 1)``, so ``p = (1 - A) / ((1 - R) + R (1 / P - 1))``.
+    A check of a table's internal consistency: rows scored on the same images should imply about the same share."""
+    errors_per_share = (1 - recall) + recall * (1 / precision - 1)
+    return float("nan") if errors_per_share <= 0 else (1 - accuracy) / errors_per_share
+
+
 def _fmt(v: tuple[float, float] | None) -> str:
     if v is None or np.isnan(v[0]):
         return "–"
@@ -493,8 +506,8 @@ def markdown_table(table: int, agg: list[dict], results: dict) -> str:
     lines = []
     first = "| loss |" if table == 1 else "| dataset | network |"
     lines.append(first + " seeds |" + "".join(f" {head[c]} (ours) | {head[c]} (paper) |" for c in cols)
-                 + "".join(f" {head[c]} (ours) |" for c in extra))
-    lines.append("|" + "---|" * (first.count("|") - 1 + 1 + 2 * len(cols) + len(extra)))
+                 + "".join(f" {head[c]} (ours) |" for c in extra) + " foreground share implied (paper) |")
+    lines.append("|" + "---|" * (first.count("|") - 1 + 1 + 2 * len(cols) + len(extra) + 1))
     for e in agg:
         row = e["row"]
         lead = f"| {row.loss_label} |" if table == 1 else f"| {row.dataset} | {VARIANTS[row.variant][0]} |"
@@ -502,13 +515,17 @@ def markdown_table(table: int, agg: list[dict], results: dict) -> str:
         cells = "".join(
             f" {_fmt(e[c])} | {paper[c]:.2f} |" if c in paper else f" {_fmt(e[c])} | – |" for c in cols
         )
-        lines.append(f"{lead} {e['n_seeds']} |{cells}" + "".join(f" {_fmt(e[c])} |" for c in extra))
+        implied = (f"{implied_foreground_share(paper['precision'], paper['recall'], paper['accuracy']):.2f}"
+                   if paper else "–")
+        lines.append(f"{lead} {e['n_seeds']} |{cells}" + "".join(f" {_fmt(e[c])} |" for c in extra) + f" {implied} |")
     lines.append("")
     lines.append("Ours: mean ± standard deviation over seeds. Dice: mean per-image Dice; pooled Dice, precision, "
                  "recall, accuracy: over all pixels of the validation split; ROC AUC over all pixels' probabilities."
                  + (" ISBI 2012: Dice, pooled Dice, precision and recall score the cell interior (the complement of"
                     " the bundle's membrane foreground), as the paper's numbers do; the membrane columns score the"
-                    " bundle's own foreground. Accuracy and ROC AUC are the same either way." if table == 2 else ""))
+                    " bundle's own foreground. Accuracy and ROC AUC are the same either way." if table == 2 else "")
+                 + " Foreground share implied: the share of foreground pixels for which the paper's precision, recall"
+                 " and accuracy would be pooled counts of one confusion matrix (see `implied_foreground_share`).")
     lines.append("")
     lines.append("Paired tests: two-sided Wilcoxon signed-rank across validation images of the per-image Dice of the"
                  " bundle's foreground (nuclei; ISBI 2012: membrane), averaged over seeds; rows ranked by its mean.")
