@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser
 
 from scripts.ablation import (
     FTL,
+    INTERIOR_METRICS,
     SCALES,
     TABLE1,
     TABLE2,
@@ -28,6 +29,7 @@ from scripts.ablation import (
     paired_test,
     plot_table,
     row_overrides,
+    _interior_config,
     run_row,
     subset_datalist,
     write_csv,
@@ -98,6 +100,19 @@ def test_overrides_set_the_network(variant):
     assert any(isinstance(m, AttentionGate) for m in net.modules()) == switches["attention"]
     assert parser.get_parsed_content("seed") == 3
     assert net(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_interior_metrics_config(tmp_path):
+    """ISBI 2012: the extra config adds the cell interior's scores (complement of the membrane) to evaluate.json."""
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN), str(BUNDLE / "configs" / "evaluate.json"), str(_interior_config(tmp_path / "i.json"))])
+    metrics = parser.get_parsed_content("validate#additional_metrics")
+    assert set(INTERIOR_METRICS.values()) <= set(metrics) and "val_pooled_dice" in metrics
+    pred = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    label = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    for name in INTERIOR_METRICS.values():
+        p, y = metrics[name]._output_transform([{"pred": pred, "label": label}])
+        assert torch.equal(p[0], 1 - pred) and torch.equal(y[0], 1 - label)
 
 
 def test_subset_datalist(tmp_path):

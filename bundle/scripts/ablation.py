@@ -177,7 +177,8 @@ class Scale:
     """Training scale. ``train_images``: DSB2018 training images drawn (stratified by image type) from the
     datalist's ``training`` split, ``None`` for all; ``select_images`` of them (``em_select_images`` of the ISBI 2012
     slices) are held out to pick the best checkpoint. ``num_epochs``/``em_epochs``: DSB2018/ISBI 2012 epochs.
-    ``infer_roi``: sliding-window size at validation (a larger window than the training patch is faster)."""
+    ``infer_roi``: DSB2018 sliding-window size at validation (a larger window than the training patch is faster;
+    ISBI 2012 keeps em2d.json's inferer)."""
 
     channels: tuple = (8, 16, 32, 64, 128)
     patch_size: tuple = (128, 128)
@@ -225,7 +226,6 @@ def row_overrides(row: Row, scale: Scale, seed: int) -> list[str]:
     args += [
         "--network_def#channels", json.dumps(list(scale.channels)),
         "--patch_size", json.dumps(list(scale.patch_size)),
-        "--validate#inferer#inferer#roi_size", json.dumps(list(scale.infer_roi)),
         "--learning_rate", repr(float(scale.learning_rate)),
         "--num_epochs", str(scale.em_epochs if row.dataset == "isbi2012" else scale.num_epochs),
         "--val_interval", "1",
@@ -233,8 +233,9 @@ def row_overrides(row: Row, scale: Scale, seed: int) -> list[str]:
         "--seed", str(int(seed)),
         "--progress_bar", "false",
     ]
-    if row.dataset != "isbi2012":  # em2d.json draws several patches per image with batch_size 1
-        args += ["--batch_size", str(scale.batch_size)]
+    if row.dataset != "isbi2012":  # em2d.json draws several patches per image with batch_size 1, has its inferer
+        args += ["--batch_size", str(scale.batch_size),
+                 "--validate#inferer#inferer#roi_size", json.dumps(list(scale.infer_roi))]
     return args
 
 
