@@ -105,7 +105,8 @@ def test_overrides_set_the_network(variant):
 def test_interior_metrics_config(tmp_path):
     """ISBI 2012: the extra config adds the cell interior's scores (complement of the membrane) to evaluate.json."""
     parser = ConfigParser()
-    parser.read_config([str(TRAIN), str(BUNDLE / "configs" / "evaluate.json"), str(_interior_config(tmp_path / "i.json"))])
+    extra = _interior_config(tmp_path / "interior.json")
+    parser.read_config([str(TRAIN), str(BUNDLE / "configs" / "evaluate.json"), str(extra)])
     metrics = parser.get_parsed_content("validate#additional_metrics")
     assert set(INTERIOR_METRICS.values()) <= set(metrics) and "val_pooled_dice" in metrics
     pred = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])

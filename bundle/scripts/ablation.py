@@ -147,7 +147,9 @@ TABLE1: list[Row] = [
 
 # network_def switches of each variant
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "r2attunet": ("R2AttU-Net (recurrent residual + attention)", {"recurrent": True, "residual": True, "attention": True}),
+    "r2attunet": (
+        "R2AttU-Net (recurrent residual + attention)", {"recurrent": True, "residual": True, "attention": True}
+    ),
     "rattunet": ("Recurrent U-Net + attention", {"recurrent": True, "residual": False, "attention": True}),
     "r2unet": ("R2U-Net (recurrent residual)", {"recurrent": True, "residual": True, "attention": False}),
     "attunet": ("Attention U-Net (not in the paper)", {"recurrent": False, "residual": False, "attention": True}),
