@@ -80,3 +80,51 @@ def test_invalid_arguments():
         R2AttUNet(2, 1, 1, channels=(4, 6, 12))
     with pytest.raises(ValueError, match="strides"):
         R2AttUNet(2, 1, 1, channels=(4, 8, 16), strides=[2])
+
+
+@pytest.mark.parametrize("precision", [None, torch.bfloat16])
+def test_memory_saving_same_outputs_gradients_and_running_stats(precision):
+    torch.manual_seed(0)
+    plain = R2AttUNet(2, 1, 1, channels=(4, 8, 16)).train()
+    saving = R2AttUNet(2, 1, 1, channels=(4, 8, 16), memory_saving=True).train()
+    saving.load_state_dict(plain.state_dict())  # same keys: memory_saving adds no parameters or buffers
+    x = torch.rand(2, 1, 32, 32)
+    outs = []
+    for net in (plain, saving):
+        with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
+            out = net(x)
+        out.float().square().mean().backward()
+        outs.append(out)
+    atol = 1e-5 if precision is None else 1e-2
+    assert torch.allclose(outs[0].float(), outs[1].float(), atol=atol)
+    for (name, p), q in zip(plain.named_parameters(), saving.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=atol, rtol=1e-3), name
+    # the backward pass's recomputation must not update BatchNorm's running statistics a second time
+    for (name, b), c in zip(plain.named_buffers(), saving.buffers()):
+        assert torch.allclose(b.float(), c.float(), atol=1e-6), name
+
+
+def test_memory_saving_keeps_fewer_activations():
+    def saved_bytes(net: torch.nn.Module) -> int:
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(torch.rand(2, 1, 64, 64)).sum()
+        return total
+
+    torch.manual_seed(0)
+    plain = saved_bytes(R2AttUNet(2, 1, 1, channels=(4, 8, 16)).train())
+    saving = saved_bytes(R2AttUNet(2, 1, 1, channels=(4, 8, 16), memory_saving=True).train())
+    assert saving < plain / 3
+
+
+def test_memory_saving_off_in_eval_and_torchscript():
+    net = R2AttUNet(2, 1, 1, channels=(4, 8, 16), memory_saving=True).eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
