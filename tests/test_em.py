@@ -157,31 +157,28 @@ def _identity_expectation(zyx: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("preset", ["em2d", "em3d"])
 def test_inference_keeps_shape_orientation_and_geometry(preset, isbi_pages, tmp_path):
     """An identity network makes the output predictable: TIFF stacks come back as (Z, Y, X) TIFFs, PNGs as PNGs and
-    NIfTI volumes with their affine, each pixel in its place."""
+    NIfTI volumes with their affine, each pixel in its place (em2d: section by section, em3d: the whole volume)."""
     zyx = isbi_pages[0][:3, :70, :90]
     src = tmp_path / "in"
     src.mkdir()
     tifffile.imwrite(src / "stack.tif", zyx, photometric="minisblack")
-    files = ["stack_seg.tif"]
+    affine = np.array([[0.0046, 0, 0, 10], [0, 0.0046, 0, -5], [0, 0, 0.05, 2], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.transpose(zyx, (2, 1, 0)), affine), src / "vol.nii.gz")
+    files = ["stack_seg.tif", "vol_seg.nii.gz"]
     if preset == "em2d":
         Image.fromarray(zyx[0]).save(src / "one.png")
         files.append("one_seg.png")
-    else:
-        affine = np.array([[0.0046, 0, 0, 10], [0, 0.0046, 0, -5], [0, 0, 0.05, 2], [0, 0, 0, 1]])
-        nib.save(nib.Nifti1Image(np.transpose(zyx, (2, 1, 0)), affine), src / "vol.nii.gz")
-        files.append("vol_seg.nii.gz")
     run_bundle("run", "--config_file", f"['configs/inference.json','configs/{preset}.json']", *IDENTITY,
                "--dataset_dir", str(src), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
     seg = tifffile.imread(tmp_path / "out" / "stack_seg.tif")
     assert seg.dtype == np.uint8 and seg.shape == zyx.shape
     assert np.array_equal(seg, _identity_expectation(zyx))
+    nii = nib.load(tmp_path / "out" / "vol_seg.nii.gz")
+    assert np.allclose(nii.affine, affine) and nii.shape == (90, 70, 3)
+    assert np.array_equal(np.asarray(nii.dataobj), np.transpose(_identity_expectation(zyx), (2, 1, 0)))
     if preset == "em2d":
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "one_seg.png")), _identity_expectation(zyx[0]))
-    else:
-        nii = nib.load(tmp_path / "out" / "vol_seg.nii.gz")
-        assert np.allclose(nii.affine, affine) and nii.shape == (90, 70, 3)
-        assert np.array_equal(np.asarray(nii.dataobj), np.transpose(_identity_expectation(zyx), (2, 1, 0)))
 
 
 def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):

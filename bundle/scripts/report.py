@@ -3,6 +3,10 @@
 
 ``python -m scripts.report --datalist D/datalist.json --key validation --pred_dir O --out docs/figures [--tb_dir runs]``
 
+For volumes (EM stacks), ``python -m scripts.report volumes --label L.nii.gz --image I.nii.gz
+--preds "{'3D': 'O3/x_seg.nii.gz', '2D slice by slice': 'O2/x_seg.nii.gz'}" --out docs/figures/em3d.png`` scores each
+segmented volume against the label volume and draws sections with their errors.
+
 ``pred_dir`` holds ``<stem>_seg.png`` written by ``configs/inference.json`` for the images of the ``key`` split, at
 their original size. Scores use MONAI's ``ConfusionMatrixMetric`` (pooled over pixels) and ``DiceMetric`` (per image).
 """
@@ -22,7 +26,7 @@ from PIL import Image
 
 from scripts.data import load_datalist
 
-__all__ = ["score_predictions", "plot_examples", "plot_training_curves", "main"]
+__all__ = ["score_predictions", "plot_examples", "plot_training_curves", "main", "score_volume", "volumes"]
 
 _POOLED = ("f1 score", "precision", "sensitivity", "accuracy", "threat score")
 _NAMES = {"f1 score": "pooled Dice", "precision": "precision", "sensitivity": "recall", "accuracy": "accuracy",
@@ -145,5 +149,66 @@ def main(datalist: str, pred_dir: str, out: str, key: str = "validation", tb_dir
     print("\n".join(lines))
 
 
+def score_volume(pred: np.ndarray, label: np.ndarray) -> dict:
+    """Pooled scores of a binary ``(X, Y, Z)`` volume against its label, and the mean of the per-section Dice."""
+    p, t = torch.from_numpy(pred > 0)[None, None].float(), torch.from_numpy(label > 0)[None, None].float()
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {tuple(p.shape[2:])} differs from label shape {tuple(t.shape[2:])}")
+    pooled = ConfusionMatrixMetric(metric_name=list(_POOLED), compute_sample=False, reduction="sum")
+    pooled(p, t)
+    sections = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    sections(p[0].permute(3, 0, 1, 2), t[0].permute(3, 0, 1, 2))  # (Z, 1, X, Y): one Dice per section
+    scores = {_NAMES[m]: float(v) for m, v in zip(_POOLED, pooled.aggregate())}
+    scores["mean section Dice"] = float(sections.aggregate())
+    return scores
+
+
+def volumes(label: str, preds: dict, out: str, image: str | None = None, sections: int = 2) -> dict:
+    """Scores of each segmented volume in ``preds`` (name: NIfTI path) against ``label``, printed as a table and
+    written to ``<out>.json``; with ``image``, a figure ``out`` (PNG) of ``sections`` evenly spaced sections: image,
+    ground truth, then each prediction's errors (green: true positive, red: false positive, blue: false negative)."""
+    import nibabel as nib
+
+    truth = np.asarray(nib.load(label).dataobj) > 0
+    volumes_ = {name: np.asarray(nib.load(path).dataobj) > 0 for name, path in preds.items()}
+    report = {name: score_volume(v, truth) for name, v in volumes_.items()}
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.with_suffix(".json").write_text(json.dumps({"label": str(label), "scores": report}, indent=4))
+    keys = list(next(iter(report.values())))
+    print("| prediction | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
+    for name, sc in report.items():
+        print(f"| {name} | " + " | ".join(f"{sc[k]:.4f}" for k in keys) + " |")
+    if image:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        img = np.asarray(nib.load(image).dataobj)
+        zs = np.linspace(0, truth.shape[2] - 1, sections).round().astype(int)
+        fig, axes = plt.subplots(len(zs), 2 + len(preds), figsize=(4 * (2 + len(preds)), 4 * len(zs)), squeeze=False)
+        for r, z in enumerate(zs):
+            t = truth[..., z].T
+            panels = [(img[..., z].T, "gray", f"section {z}"), (t, "gray", "ground truth")]
+            for name, v in volumes_.items():
+                p = v[..., z].T
+                iou = (p & t).sum() / max((p | t).sum(), 1)
+                panels.append((np.stack([p & ~t, p & t, t & ~p], -1).astype(np.float32), None, f"{name}, IoU {iou:.3f}"))
+            for c, (data, cmap, title) in enumerate(panels):
+                axes[r, c].imshow(data, cmap=cmap)
+                axes[r, c].set_title(title, fontsize=10)
+                axes[r, c].axis("off")
+        fig.tight_layout()
+        fig.savefig(out_path, dpi=60)
+        plt.close(fig)
+    return report
+
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "volumes":
+        fire.Fire(volumes, command=sys.argv[2:])
+    else:
+        fire.Fire(main)
