@@ -1,0 +1,506 @@
+"""Speed and memory benchmarks of the bundle's training step, inference and data loading on the current device.
+
+Run from the bundle root; each prints one JSON object as its last line::
+
+    python -m scripts.benchmark train --channels "[32,64,128,256,512]" --size 256 --batch 4 --steps 6 --baseline true
+    python -m scripts.benchmark infer --size 256 --batch 4
+    python -m scripts.benchmark data --dataset_dir /path/to/dsb2018 --limit 128
+    python -m scripts.benchmark gpu --train_images 539
+
+``train`` builds the trainer from ``configs/train.json`` with ``monai.bundle.ConfigParser`` (network, loss, optimizer,
+mixed precision, memory format, ``memory_saving``, ``compile``, post-processing and the training metric, exactly as
+configured) and feeds it synthetic batches, so only data loading and the epoch handlers (validation, logging) are
+left out. It times ``steps`` iterations after ``warmup`` iterations. Each mode runs in a fresh subprocess, so its
+``peak_rss_mb`` (``ru_maxrss``) and ``peak_cuda_mb`` are its own. ``--baseline true`` also times the same network
+in plain fp32, contiguous memory, eager mode (no ``memory_saving``, no compile) in the same run.
+``infer`` compares eager fp32, mixed precision, TorchScript and ONNX Runtime on a batch of patches and on one
+large image through the sliding window of ``configs/inference.json``. ``data`` runs real training epochs (no
+validation) and reports the share of time the trainer waits for batches (ignite's ``BasicTimeProfiler``). ``gpu``
+is the prepared paper-configuration run for a GPU machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import fire
+import torch
+
+BUNDLE = Path(__file__).resolve().parents[1]
+TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
+INFERENCE_CONFIG = BUNDLE / "configs" / "inference.json"
+
+__all__ = ["train", "infer", "data", "gpu", "training_gflop"]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _parser(config_file: str | os.PathLike, overrides: dict[str, Any]):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser.update(overrides)
+    return parser
+
+
+def _train_overrides(channels, size, batch, precision, memory_saving, compile, baseline, device) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"batch_size": int(batch)}
+    if channels is not None:
+        overrides["network_def#channels"] = [int(c) for c in channels]
+    if size is not None:
+        overrides["patch_size"] = [int(size)] * 2
+    if device is not None:
+        overrides["device"] = f"$torch.device({str(device)!r})"
+    if baseline:
+        overrides.update(
+            {"precision": "fp32", "memory_format": "$torch.contiguous_format", "memory_saving": False, "compile": False}
+        )
+    else:
+        for key, value in (("precision", precision), ("memory_saving", memory_saving), ("compile", compile)):
+            if value is not None:
+                overrides[key] = value
+    return overrides
+
+
+def training_gflop(config_file: str | os.PathLike = TRAIN_CONFIG, **overrides: Any) -> float:
+    """GFLOP (multiply and add counted as 2) of one forward and backward pass of ``network_def`` on a ``batch_size``
+    batch of ``patch_size`` images, counted by ``torch.utils.flop_counter`` on the meta device (no memory used)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parser = _parser(config_file, overrides)
+    with torch.device("meta"):
+        net = parser.get_parsed_content("network_def", instantiate=True).train()
+        patch = parser.get_parsed_content("patch_size")
+        x = torch.empty(parser.get_parsed_content("batch_size"), net.encoder[0].proj.conv.in_channels, *patch)
+    with FlopCounterMode(display=False) as counter:
+        net(x).sum().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def _train_worker(spec: str) -> None:
+    """One mode of :func:`train`, in its own process; ``spec`` is a JSON object of :func:`train`'s arguments."""
+    import ignite.engine
+
+    args = json.loads(spec)
+    overrides = _train_overrides(
+        args["channels"], args["size"], args["batch"], args["precision"], args["memory_saving"], args["compile"],
+        args["baseline"], args["device"],
+    )
+    parser = _parser(args["config_file"], overrides)
+    parser.get_parsed_content("initialize")
+    device = parser.get_parsed_content("device")
+    patch = parser.get_parsed_content("patch_size")
+    batch = parser.get_parsed_content("batch_size")
+    gen = torch.Generator().manual_seed(0)
+    in_channels = int(parser.get_parsed_content("network_def#in_channels"))
+    out_channels = int(parser.get_parsed_content("network_def#out_channels"))
+    batches = [
+        {
+            "image": torch.randn(batch, in_channels, *patch, generator=gen),
+            "label": (torch.rand(batch, out_channels, *patch, generator=gen) > 0.7).float(),
+        }
+        for _ in range(2)
+    ]
+    warmup, steps = int(args["warmup"]), int(args["steps"])
+    parser.update(
+        {
+            "train#trainer#train_data_loader": "$[@bench_batches[i % 2] for i in range(@bench_length)]",
+            "train#trainer#epoch_length": warmup + steps,
+            "train#trainer#max_epochs": 1,
+            "train#trainer#train_handlers": [],
+            "bench_batches": batches,
+            "bench_length": warmup + steps,
+        }
+    )
+    trainer = parser.get_parsed_content("train#trainer")
+    times: list[float] = []
+    cpu_times: list[float] = []  # process CPU time: robust to other processes sharing the cores (with 1 thread)
+
+    @trainer.on(ignite.engine.Events.ITERATION_STARTED)
+    def _start(engine) -> None:
+        _sync(device)
+        engine.state.bench_t0 = (time.perf_counter(), time.process_time())
+
+    @trainer.on(ignite.engine.Events.ITERATION_COMPLETED)
+    def _stop(engine) -> None:
+        _sync(device)
+        times.append(time.perf_counter() - engine.state.bench_t0[0])
+        cpu_times.append(time.process_time() - engine.state.bench_t0[1])
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.run()
+    measured = times[warmup:]
+    s_per_step = statistics.median(measured)
+    from scripts.inferers import autocast_dtype
+
+    dtype = autocast_dtype(device, parser.get_parsed_content("precision"))
+    result = {
+        "mode": "baseline" if args["baseline"] else "fast",
+        "device": _device_name(device),
+        "precision": _dtype_name(dtype),
+        "memory_format": str(parser.get_parsed_content("memory_format")).replace("torch.", ""),
+        "memory_saving": bool(parser.get_parsed_content("network_def#memory_saving")),
+        "compile": bool(parser.get_parsed_content("train#trainer#compile")),
+        "channels": net_def_channels(parser),
+        "size": list(patch),
+        "batch": batch,
+        "steps": steps,
+        "warmup_s": round(sum(times[:warmup]), 3),
+        "s_per_step": round(s_per_step, 4),
+        "s_per_step_min": round(min(measured), 4),
+        "s_per_step_max": round(max(measured), 4),
+        "images_per_s": round(batch / s_per_step, 3),
+        "cpu_s_per_step": round(statistics.median(cpu_times[warmup:]), 4),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "threads": torch.get_num_threads(),
+        "load_avg": _load(),
+        "final_loss": float(trainer.state.output[0]["loss"]) if isinstance(trainer.state.output, list) else None,
+    }
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    print(json.dumps(result), flush=True)
+
+
+def _run_worker(function: str, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Run ``scripts.benchmark.<function>(spec)`` in a fresh Python process; return its last JSON line."""
+    code = f"import sys; from scripts.benchmark import {function}; {function}(sys.argv[1])"
+    cmd = [sys.executable, "-c", code, json.dumps(spec)]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker {function} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def train(
+    channels: list[int] | None = None,
+    size: int | None = None,
+    batch: int = 4,
+    steps: int = 6,
+    warmup: int = 2,
+    precision: str | None = None,
+    memory_saving: bool | str | None = None,
+    compile: bool | str | None = None,
+    baseline: bool | str = False,
+    device: str | None = None,
+    config_file: str = str(TRAIN_CONFIG),
+) -> dict[str, Any]:
+    """Time the training step of ``config_file`` (default ``configs/train.json``) after ``warmup`` iterations.
+
+    ``channels``, ``size``, ``batch``, ``precision``, ``memory_saving``, ``compile`` and ``device`` override the
+    config (``None``: as configured). ``baseline``: also time plain fp32 eager training of the same network, in its
+    own process, and report ``speedup`` (images/s ratio of the median steps), ``speedup_min`` (ratio of the fastest
+    steps, the least disturbed on a shared machine), ``speedup_cpu`` (ratio of the process CPU time per step: with
+    ``OMP_NUM_THREADS=1``, the measure least affected by other processes) and ``memory_ratio`` (peak memory ratio).
+    The last printed line is the fast mode's JSON with ``gflop_per_step`` and ``gflop_per_s`` added.
+    """
+    from scripts import as_bool
+
+    spec = {
+        "channels": channels, "size": size, "batch": batch, "steps": steps, "warmup": warmup,
+        "precision": precision, "device": device, "config_file": str(Path(config_file).resolve()),
+        "memory_saving": None if memory_saving is None else as_bool(memory_saving),
+        "compile": None if compile is None else as_bool(compile),
+    }
+    load_before = _load()
+    gflop = training_gflop(
+        config_file, **_train_overrides(channels, size, batch, None, False, None, False, device)
+    )
+    results = {}
+    for mode in (["baseline"] if as_bool(baseline) else []) + ["fast"]:
+        results[mode] = r = _run_worker("_train_worker", {**spec, "baseline": mode == "baseline"})
+        r["gflop_per_step"] = round(gflop, 3)
+        r["gflop_per_s"] = round(gflop / r["s_per_step"], 1)
+        r["gflop_per_cpu_s"] = round(gflop / r["cpu_s_per_step"], 1)
+        print(json.dumps(r), flush=True)
+    out = dict(results["fast"])
+    out["load_avg_before"], out["load_avg_after"] = load_before, _load()
+    if "baseline" in results:
+        b = results["baseline"]
+        keys = ("images_per_s", "s_per_step", "s_per_step_min", "cpu_s_per_step", "gflop_per_s", "peak_rss_mb",
+                "peak_cuda_mb", "load_avg")
+        out["baseline"] = {k: b[k] for k in keys if k in b}
+        out["speedup"] = round(out["images_per_s"] / b["images_per_s"], 3)
+        out["speedup_min"] = round(b["s_per_step_min"] / out["s_per_step_min"], 3)  # fastest steps: least disturbed
+        out["speedup_cpu"] = round(b["cpu_s_per_step"] / out["cpu_s_per_step"], 3)  # CPU time: with 1 thread
+        key = "peak_cuda_mb" if "peak_cuda_mb" in out else "peak_rss_mb"
+        out["memory_ratio"] = round(out[key] / b[key], 3)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _time(function, repeats: int, device: torch.device) -> float:
+    """Median seconds of ``function()`` over ``repeats`` runs after one warm-up run."""
+    function()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        function()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def infer(
+    channels: list[int] | None = None,
+    size: int = 256,
+    batch: int = 4,
+    image_size: tuple[int, int] = (1040, 1388),
+    repeats: int = 3,
+    weights: str | None = None,
+    device: str | None = None,
+    config_file: str = str(INFERENCE_CONFIG),
+) -> dict[str, Any]:
+    """Images/s of eager fp32, mixed precision (``AutocastInferer`` with the config's precision), TorchScript
+    (frozen, fp32) and ONNX Runtime (fp32) on a ``batch`` of ``size`` x ``size`` patches and on one ``image_size``
+    image through the sliding window of ``config_file``. ``weights``: a state_dict to load (default:
+    ``models/model.pt`` when the network is the configured one, else random weights). Each mode also reports
+    ``max_prob_diff`` (largest difference of sigmoid probabilities) and ``mask_diff`` (share of pixels whose
+    thresholded mask differs) from eager fp32 on the large image.
+    """
+    from scripts.inferers import AutocastInferer, autocast_dtype
+
+    overrides: dict[str, Any] = {}
+    if channels is not None:
+        overrides["network_def#channels"] = [int(c) for c in channels]
+    if device is not None:
+        overrides["device"] = f"$torch.device({str(device)!r})"
+    parser = _parser(config_file, overrides)
+    device = parser.get_parsed_content("device")
+    memory_format = parser.get_parsed_content("memory_format")
+    net = parser.get_parsed_content("network_def").to(device, memory_format=memory_format).eval()
+    weights = weights or (str(BUNDLE / "models" / "model.pt") if channels is None else None)
+    if weights:
+        net.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    window = parser.get_parsed_content("inferer#inferer")
+    in_channels = net.encoder[0].proj.conv.in_channels
+    gen = torch.Generator().manual_seed(0)
+    patches = torch.randn(batch, in_channels, size, size, generator=gen).to(device, memory_format=memory_format)
+    image = torch.randn(1, in_channels, *image_size, generator=gen).to(device, memory_format=memory_format)
+
+    runners: dict[str, Any] = {}
+    runners["eager_fp32"] = net
+    precision = parser.get_parsed_content("precision")
+    mixed = AutocastInferer(precision=precision)
+    dtype = autocast_dtype(device, precision)
+    runners[f"autocast_{_dtype_name(dtype)}"] = lambda x: mixed(x, net)
+    with torch.no_grad():
+        scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(net)))
+    runners["torchscript_fp32"] = scripted
+    notes = {}
+    try:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            torch.onnx.export(
+                net.to(memory_format=torch.contiguous_format), (patches.contiguous(),), path, dynamo=False,
+                input_names=["image"], output_names=["logits"],
+                dynamic_axes={name: {0: "batch", 2: "height", 3: "width"} for name in ("image", "logits")},
+            )
+            net.to(memory_format=memory_format)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
+            providers = [p for p in wanted if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
+            session = ort.InferenceSession(path, options, providers=providers)
+
+        def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            out = session.run(None, {"image": x.detach().contiguous().cpu().numpy()})[0]
+            return torch.from_numpy(out).to(x.device)
+
+        runners["onnxruntime_fp32"] = run_onnx
+        notes["onnxruntime_provider"] = session.get_providers()[0]
+    except ImportError:
+        notes["onnxruntime_fp32"] = "onnxruntime is not installed (pip install onnxruntime)"
+
+    result: dict[str, Any] = {"device": _device_name(device), "channels": list(net_def_channels(parser)),
+                              "patch_batch": [batch, size, size], "image_size": list(image_size),
+                              "weights": weights, "threads": torch.get_num_threads(), "load_avg_before": _load()}
+    reference = None
+    for name, run in runners.items():
+        with torch.no_grad():
+            s_patch = _time(lambda: run(patches), repeats, device)
+            s_image = _time(lambda: window(image, run), repeats, device)
+            prob = torch.sigmoid(window(image, run).float())
+        if reference is None:
+            reference = prob
+        result[name] = {
+            "patch_images_per_s": round(batch / s_patch, 3),
+            "large_image_s": round(s_image, 3),
+            "large_images_per_s": round(1 / s_image, 4),
+            "max_prob_diff": round(float((prob - reference).abs().max()), 5),
+            "mask_diff": round(float(((prob > 0.5) != (reference > 0.5)).float().mean()), 6),
+        }
+        print(json.dumps({name: result[name]}), flush=True)
+    result.update(notes)
+    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    result["load_avg_after"] = _load()
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def net_def_channels(parser) -> list[int]:
+    return [int(c) for c in parser.get_parsed_content("network_def#channels")]
+
+
+def data(
+    dataset_dir: str | None = None,
+    limit: int | None = 128,
+    epochs: int = 2,
+    channels: list[int] | None = None,
+    num_workers: int | None = None,
+    config_file: str = str(TRAIN_CONFIG),
+) -> dict[str, Any]:
+    """Run ``epochs`` real training epochs of ``config_file`` (validation and logging handlers off) on the first
+    ``limit`` training images of ``dataset_dir`` and report the share of time the trainer waits for batches
+    (ignite's ``BasicTimeProfiler``: data flow vs processing), the cache build time and each epoch's time."""
+    from ignite.engine import Events
+    from ignite.handlers import BasicTimeProfiler
+
+    overrides: dict[str, Any] = {"progress_bar": False}
+    if dataset_dir is not None:
+        overrides["dataset_dir"] = str(dataset_dir)
+    if channels is not None:
+        overrides["network_def#channels"] = [int(c) for c in channels]
+    if num_workers is not None:
+        overrides["num_workers"] = int(num_workers)
+    parser = _parser(config_file, overrides)
+    parser.get_parsed_content("initialize")
+    datalist = parser.get_parsed_content("train_datalist")
+    parser.update({"train_datalist": datalist[:limit] if limit else datalist, "train#handlers": [],
+                   "num_epochs": int(epochs)})
+    t0 = time.perf_counter()
+    parser.get_parsed_content("train#dataset")
+    cache_s = time.perf_counter() - t0
+    trainer = parser.get_parsed_content("train#trainer")
+    profiler = BasicTimeProfiler()
+    profiler.attach(trainer)
+    epoch_s: list[float] = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epoch_s.append(e.state.times["EPOCH_COMPLETED"]))
+    load_before = _load()
+    trainer.run()
+    stats = profiler.get_results()
+    wait = float(stats["dataflow_stats"]["total"])
+    compute = float(stats["processing_stats"]["total"])
+    result = {
+        "device": _device_name(parser.get_parsed_content("device")),
+        "images": len(datalist[:limit] if limit else datalist),
+        "batch": parser.get_parsed_content("batch_size"),
+        "num_workers": parser.get_parsed_content("num_workers"),
+        "epochs": int(epochs),
+        "cache_s": round(cache_s, 2),
+        "epoch_s": [round(s, 2) for s in epoch_s],
+        "data_wait_s": round(wait, 2),
+        "compute_s": round(compute, 2),
+        "data_share": round(wait / (wait + compute), 4),
+        "load_avg_before": load_before,
+        "load_avg_after": _load(),
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def gpu(
+    train_images: int | None = None,
+    dataset_dir: str | None = None,
+    epochs: int = 20,
+    steps: int = 20,
+    warmup: int = 5,
+    channels: list[int] = (64, 128, 256, 512, 1024),
+    batch: int = 4,
+    size: int = 256,
+) -> dict[str, Any]:
+    """The prepared run for a GPU machine, at the paper's configuration (``configs/paper.json``: channels 64..1024,
+    256x256, batch 4): the training step in plain fp32 and as train.json configures it (AMP), with
+    ``memory_saving``, and inference. ``train_images`` (or the training split of ``dataset_dir``'s datalist) gives
+    the estimate of ``epochs`` epochs: ``epochs * (train_images // batch) * s_per_step`` (validation excluded)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("gpu: no CUDA device is visible to torch.")
+    if train_images is None:
+        if dataset_dir is None:
+            raise ValueError("gpu: give --train_images (training split size) or --dataset_dir (with datalist.json).")
+        parser = _parser(TRAIN_CONFIG, {"dataset_dir": str(dataset_dir)})
+        train_images = len(parser.get_parsed_content("train_datalist"))
+    common = {"channels": list(channels), "size": size, "batch": batch, "steps": steps, "warmup": warmup}
+    fast = train(**common, baseline=True)
+    saving = train(**common, memory_saving=True)
+    inference = infer(channels=list(channels))
+    steps_per_epoch = int(train_images) // batch
+    out = {
+        "device": fast["device"],
+        "channels": list(channels),
+        "train_images": int(train_images),
+        "fp32_s_per_step": fast["baseline"]["s_per_step"],
+        "fp32_peak_cuda_mb": fast["baseline"]["peak_cuda_mb"],
+        "amp_precision": fast["precision"],
+        "amp_s_per_step": fast["s_per_step"],
+        "amp_images_per_s": fast["images_per_s"],
+        "amp_peak_cuda_mb": fast["peak_cuda_mb"],
+        "speedup": fast["speedup"],
+        "memory_saving_s_per_step": saving["s_per_step"],
+        "memory_saving_peak_cuda_mb": saving["peak_cuda_mb"],
+        f"{epochs}_epochs_h_fp32": round(epochs * steps_per_epoch * fast["baseline"]["s_per_step"] / 3600, 3),
+        f"{epochs}_epochs_h_amp": round(epochs * steps_per_epoch * fast["s_per_step"] / 3600, 3),
+        "infer_patch_images_per_s": {k: v["patch_images_per_s"] for k, v in inference.items() if isinstance(v, dict)},
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _cli(function):
+    """``function`` for ``fire``, which would otherwise print the returned dict after the JSON line."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> None:
+        function(*args, **kwargs)
+
+    return run
+
+
+if __name__ == "__main__":
+    fire.Fire({name: _cli(f) for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu))})

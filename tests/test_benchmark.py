@@ -1,0 +1,71 @@
+"""The benchmark runs the configured training step, inference modes and data loading on a tiny network and prints
+one JSON line with the documented keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import BUNDLE, SAMPLE
+from scripts.benchmark import training_gflop
+from scripts.networks import R2AttUNet
+
+
+def run_benchmark(*args: str) -> tuple[list[dict], dict]:
+    cmd = [sys.executable, "-m", "scripts.benchmark", *args]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")], json.loads(lines[-1])
+
+
+def test_train_benchmark_json_with_baseline():
+    tiny = ["--channels", "[4,8,16]", "--size", "32", "--batch", "2", "--steps", "2", "--warmup", "1"]
+    modes, last = run_benchmark("train", *tiny, "--baseline", "true", "--memory_saving", "true")
+    assert [m["mode"] for m in modes[:2]] == ["baseline", "fast"]
+    for key in ("images_per_s", "peak_rss_mb", "device", "s_per_step", "gflop_per_step", "gflop_per_s", "speedup"):
+        assert key in last, key
+    assert last["images_per_s"] > 0 and last["peak_rss_mb"] > 0
+    assert last["memory_saving"] is True and last["channels"] == [4, 8, 16] and last["size"] == [32, 32]
+    # the baseline is plain fp32 eager training of the same network, measured in its own process
+    base = modes[0]
+    assert base["precision"] == "fp32" and base["memory_format"] == "contiguous_format"
+    assert base["memory_saving"] is False and base["compile"] is False
+    assert last["speedup"] == pytest.approx(last["images_per_s"] / last["baseline"]["images_per_s"], rel=1e-2)
+    assert last["gflop_per_step"] == pytest.approx(training_gflop(**{"network_def#channels": [4, 8, 16],
+                                                                    "patch_size": [32, 32], "batch_size": 2}), rel=1e-2)
+    if torch.cuda.is_available():
+        assert "peak_cuda_mb" in last
+
+
+def test_training_gflop_scales_with_batch_and_counts_backward():
+    one = training_gflop(**{"network_def#channels": [4, 8, 16], "patch_size": [32, 32], "batch_size": 1})
+    two = training_gflop(**{"network_def#channels": [4, 8, 16], "patch_size": [32, 32], "batch_size": 2})
+    assert two == pytest.approx(2 * one, rel=1e-6)
+    # the first 3x3 convolution alone: 4 output channels x 9 taps x 4 input channels x 32 x 32 MACs in the forward
+    net = R2AttUNet(2, 1, 1, channels=(4, 8, 16))
+    assert one > 2 * sum(p.numel() for p in net.parameters() if p.ndim == 4) * 32 * 32 / 16 / 1e9
+
+
+def test_infer_benchmark_compares_modes():
+    _, last = run_benchmark("infer", "--channels", "[4,8,16]", "--size", "32", "--batch", "2",
+                            "--image_size", "[80,100]", "--repeats", "1")
+    assert last["weights"] is None  # random weights for a network other than the shipped one
+    modes = [k for k, v in last.items() if isinstance(v, dict)]
+    assert "eager_fp32" in modes and "torchscript_fp32" in modes and any(m.startswith("autocast_") for m in modes)
+    for mode in modes:
+        assert last[mode]["patch_images_per_s"] > 0 and last[mode]["large_image_s"] > 0
+    assert last["eager_fp32"]["max_prob_diff"] == 0
+    assert last["torchscript_fp32"]["max_prob_diff"] < 1e-3
+    if "onnxruntime_fp32" in modes:
+        assert last["onnxruntime_fp32"]["max_prob_diff"] < 1e-3
+
+
+def test_data_benchmark_reports_loading_share():
+    _, last = run_benchmark("data", "--dataset_dir", str(SAMPLE), "--limit", "8", "--epochs", "1",
+                            "--channels", "[4,8,16]", "--num_workers", "0")
+    assert last["images"] == 8 and last["epochs"] == 1 and len(last["epoch_s"]) == 1
+    assert 0 < last["data_share"] < 1 and last["data_wait_s"] > 0 and last["compute_s"] > 0
