@@ -408,6 +408,9 @@ def aggregate(rows: list[Row], results: dict) -> list[dict]:
                 if vals else (float("nan"), float("nan"))
             )
         entry["rank_dice"] = float(np.mean([r["metrics"]["val_mean_dice"] for r in runs])) if runs else float("nan")
+        groups = sorted({g for r in runs for g in r.get("group_dice", {})})
+        entry["group_dice"] = {g: float(np.mean([r["group_dice"][g] for r in runs if g in r.get("group_dice", {})]))
+                               for g in groups}
         entry["minutes"] = sum(r["train_seconds"] + r["eval_seconds"] for r in runs) / 60
         table.append(entry)
     return table
@@ -506,11 +509,14 @@ def markdown_table(table: int, agg: list[dict], results: dict) -> str:
             "membrane_precision": "membrane precision", "membrane_recall": "membrane recall"}
     extra = ["pooled_dice"] + (["membrane_dice", "membrane_precision", "membrane_recall"] if table == 2 else [])
     head["pooled_dice"] = "pooled Dice"
+    groups = sorted({g for e in agg for g in e.get("group_dice", {})})
     lines = []
     first = "| loss |" if table == 1 else "| dataset | network |"
     lines.append(first + " seeds |" + "".join(f" {head[c]} (ours) | {head[c]} (paper) |" for c in cols)
-                 + "".join(f" {head[c]} (ours) |" for c in extra) + " foreground share implied (paper) |")
-    lines.append("|" + "---|" * (first.count("|") - 1 + 1 + 2 * len(cols) + len(extra) + 1))
+                 + "".join(f" {head[c]} (ours) |" for c in extra)
+                 + (f" Dice per type: {' / '.join(groups)} (ours) |" if groups else "")
+                 + " foreground share implied (paper) |")
+    lines.append("|" + "---|" * (first.count("|") - 1 + 1 + 2 * len(cols) + len(extra) + bool(groups) + 1))
     for e in agg:
         row = e["row"]
         lead = f"| {row.loss_label} |" if table == 1 else f"| {row.dataset} | {VARIANTS[row.variant][0]} |"
@@ -520,7 +526,10 @@ def markdown_table(table: int, agg: list[dict], results: dict) -> str:
         )
         implied = (f"{implied_foreground_share(paper['precision'], paper['recall'], paper['accuracy']):.2f}"
                    if paper else "–")
-        lines.append(f"{lead} {e['n_seeds']} |{cells}" + "".join(f" {_fmt(e[c])} |" for c in extra) + f" {implied} |")
+        per_type = (" " + " / ".join(f"{e['group_dice'][g]:.2f}" if g in e.get("group_dice", {}) else "–"
+                                     for g in groups) + " |") if groups else ""
+        lines.append(f"{lead} {e['n_seeds']} |{cells}" + "".join(f" {_fmt(e[c])} |" for c in extra) + per_type
+                     + f" {implied} |")
     lines.append("")
     lines.append("Ours: mean ± standard deviation over seeds. Dice: mean per-image Dice; pooled Dice, precision, "
                  "recall, accuracy: over all pixels of the validation split; ROC AUC over all pixels' probabilities."
@@ -528,7 +537,9 @@ def markdown_table(table: int, agg: list[dict], results: dict) -> str:
                     " the bundle's membrane foreground), as the paper's numbers do; the membrane columns score the"
                     " bundle's own foreground. Accuracy and ROC AUC are the same either way." if table == 2 else "")
                  + " Foreground share implied: the share of foreground pixels for which the paper's precision, recall"
-                 " and accuracy would be pooled counts of one confusion matrix (see `implied_foreground_share`).")
+                 " and accuracy would be pooled counts of one confusion matrix (see `implied_foreground_share`)."
+                 + (" Dice per type: mean per-image Dice of each image type of the validation split, over seeds."
+                    if groups else ""))
     lines.append("")
     lines.append("Paired tests: two-sided Wilcoxon signed-rank across validation images of the per-image Dice of the"
                  " bundle's foreground (nuclei; ISBI 2012: membrane), averaged over seeds; rows ranked by its mean.")
