@@ -26,7 +26,9 @@ def test_train_benchmark_json_with_baseline():
     tiny = ["--channels", "[4,8,16]", "--size", "32", "--batch", "2", "--steps", "2", "--warmup", "1"]
     modes, last = run_benchmark("train", *tiny, "--baseline", "true", "--memory_saving", "true")
     assert [m["mode"] for m in modes[:2]] == ["baseline", "fast"]
-    for key in ("images_per_s", "peak_rss_mb", "device", "s_per_step", "gflop_per_step", "gflop_per_s", "speedup"):
+    keys = ("images_per_s", "peak_rss_mb", "device", "s_per_step", "cpu_s_per_step", "gflop_per_step", "gflop_per_s",
+            "speedup", "speedup_min", "speedup_cpu", "memory_ratio")
+    for key in keys:
         assert key in last, key
     assert last["images_per_s"] > 0 and last["peak_rss_mb"] > 0
     assert last["memory_saving"] is True and last["channels"] == [4, 8, 16] and last["size"] == [32, 32]
@@ -35,6 +37,7 @@ def test_train_benchmark_json_with_baseline():
     assert base["precision"] == "fp32" and base["memory_format"] == "contiguous_format"
     assert base["memory_saving"] is False and base["compile"] is False
     assert last["speedup"] == pytest.approx(last["images_per_s"] / last["baseline"]["images_per_s"], rel=1e-2)
+    assert last["speedup_cpu"] == pytest.approx(base["cpu_s_per_step"] / last["cpu_s_per_step"], rel=1e-2)
     assert last["gflop_per_step"] == pytest.approx(training_gflop(**{"network_def#channels": [4, 8, 16],
                                                                     "patch_size": [32, 32], "batch_size": 2}), rel=1e-2)
     if torch.cuda.is_available():

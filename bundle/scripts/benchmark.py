@@ -454,12 +454,15 @@ def gpu(
     channels: list[int] = (64, 128, 256, 512, 1024),
     batch: int = 4,
     size: int = 256,
+    image_size: tuple[int, int] = (1040, 1388),
+    device: str | None = None,
 ) -> dict[str, Any]:
     """The prepared run for a GPU machine, at the paper's configuration (``configs/paper.json``: channels 64..1024,
     256x256, batch 4): the training step in plain fp32 and as train.json configures it (AMP), with
     ``memory_saving``, and inference. ``train_images`` (or the training split of ``dataset_dir``'s datalist) gives
-    the estimate of ``epochs`` epochs: ``epochs * (train_images // batch) * s_per_step`` (validation excluded)."""
-    if not torch.cuda.is_available():
+    the estimate of ``epochs`` epochs: ``epochs * (train_images // batch) * s_per_step`` (validation excluded).
+    ``device``: default the config's (the first GPU); any other device only to try the command out."""
+    if device is None and not torch.cuda.is_available():
         raise RuntimeError("gpu: no CUDA device is visible to torch.")
     if train_images is None:
         if dataset_dir is None:
@@ -467,23 +470,25 @@ def gpu(
         parser = _parser(TRAIN_CONFIG, {"dataset_dir": str(dataset_dir)})
         train_images = len(parser.get_parsed_content("train_datalist"))
     common = {"channels": list(channels), "size": size, "batch": batch, "steps": steps, "warmup": warmup}
+    common["device"] = device
     fast = train(**common, baseline=True)
     saving = train(**common, memory_saving=True)
-    inference = infer(channels=list(channels))
+    inference = infer(channels=list(channels), size=size, batch=batch, image_size=image_size, device=device)
     steps_per_epoch = int(train_images) // batch
     out = {
         "device": fast["device"],
         "channels": list(channels),
         "train_images": int(train_images),
         "fp32_s_per_step": fast["baseline"]["s_per_step"],
-        "fp32_peak_cuda_mb": fast["baseline"]["peak_cuda_mb"],
+        "fp32_peak_cuda_mb": fast["baseline"].get("peak_cuda_mb"),
+        "fp32_peak_rss_mb": fast["baseline"]["peak_rss_mb"],
         "amp_precision": fast["precision"],
         "amp_s_per_step": fast["s_per_step"],
         "amp_images_per_s": fast["images_per_s"],
-        "amp_peak_cuda_mb": fast["peak_cuda_mb"],
+        "amp_peak_cuda_mb": fast.get("peak_cuda_mb"),
         "speedup": fast["speedup"],
         "memory_saving_s_per_step": saving["s_per_step"],
-        "memory_saving_peak_cuda_mb": saving["peak_cuda_mb"],
+        "memory_saving_peak_cuda_mb": saving.get("peak_cuda_mb"),
         f"{epochs}_epochs_h_fp32": round(epochs * steps_per_epoch * fast["baseline"]["s_per_step"] / 3600, 3),
         f"{epochs}_epochs_h_amp": round(epochs * steps_per_epoch * fast["s_per_step"] / 3600, 3),
         "infer_patch_images_per_s": {k: v["patch_images_per_s"] for k, v in inference.items() if isinstance(v, dict)},
