@@ -189,8 +189,15 @@ def test_writers(tmp_path):
     assert (tmp_path / "figures" / "t1.png").stat().st_size > 10_000
     # the paper's pick loses: it is tested against the winner too
     results[(bad.key, "dsb2018")] = [_fake_result(bad, s, 0.2, rng) for s in (0, 1)]
+    results[(TABLE1[0].key, "dsb2018")] = [_fake_result(TABLE1[0], s, 0.15, rng) for s in (0, 1)]
     md = markdown_table(1, aggregate(TABLE1, results), results)
     assert f"dsb2018, paper's pick vs winner: **{good.loss_label}**" in md and "better on 0/12 images" in md
+    # Table 2: R2AttU-Net wins over U-Net, the runner-up: one test, not the same one twice
+    t2 = [r for r in TABLE2 if r.dataset == "isbi2012" and r.variant in ("r2attunet", "unet")]
+    results = {(r.key, r.dataset): [{**_fake_result(r, s, 0.1 * (r.variant == "r2attunet"), rng),
+                                     "dataset": "isbi2012"} for s in (0, 1)] for r in t2}
+    md = markdown_table(2, aggregate(TABLE2, results), results)
+    assert md.count("isbi2012, winner vs runner-up: **R2AttU-Net**") == 1 and "paper's pick vs U-Net" not in md
 
 
 def test_tiny_row_through_the_bundle(tmp_path):

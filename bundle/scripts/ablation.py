@@ -495,7 +495,8 @@ def comparisons(table: int, agg: list[dict], results: dict) -> list[tuple[str, s
         pick = next((e for e in done if (e["row"].params == FTL and e["row"].variant == "r2attunet")
                      and e["row"].loss == "focal_tversky"), None)
         other = done[0] if pick is not done[0] else next((e for e in done if e["row"].variant == "unet"), None)
-        if pick is not None and other is not None and other is not pick:
+        same = {id(pick), id(other)} == {id(done[0]), id(done[1])}  # already tested as winner vs runner-up
+        if pick is not None and other is not None and other is not pick and not same:
             out.append((ds, "paper's pick vs " + ("winner" if other is done[0] else "U-Net"), pick, other,
                         test(pick, other)))
     return out
