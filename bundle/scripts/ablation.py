@@ -555,15 +555,18 @@ def markdown_table(table: int, agg: list[dict], results: dict) -> str:
 
 
 def plot_table(table: int, agg: list[dict], path: str | os.PathLike) -> None:
-    """Bar chart of mean Dice per row (ours: mean over seeds with each seed as a dot; paper: hatched bars)."""
+    """Per dataset: a bar chart of Dice per row (ours: mean over seeds, each seed a dot; paper: hatched bars) and
+    precision against recall of every row (ours and the paper's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(e["row"].dataset for e in agg))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(6, 0.55 * len(agg) + 2), 4.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    n_rows = max(len([e for e in agg if e["row"].dataset == ds]) for ds in datasets)
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(max(6.0, 0.45 * n_rows + 2) + 4, 4.8 * len(datasets)),
+                             squeeze=False, gridspec_kw={"width_ratios": [max(3, n_rows // 3), 2]})
+    for (ax, pr), ds in zip(axes, datasets):
         rows = [e for e in agg if e["row"].dataset == ds]
         x = np.arange(len(rows))
         ours = [e["dice"][0] for e in rows]
@@ -579,6 +582,22 @@ def plot_table(table: int, agg: list[dict], path: str | os.PathLike) -> None:
         ax.set_ylabel("Dice")
         ax.set_title(f"Table {table}: {ds}" + (" (cell interior)" if ds == "isbi2012" else ""))
         ax.legend(fontsize=7, loc="lower left")
+        for e, label in zip(rows, labels):
+            paper_row = e["row"].paper or {}
+            pr.plot(e["recall"][0], e["precision"][0], "o", color="tab:blue", ms=5)
+            if "precision" in paper_row:
+                pr.plot(paper_row["recall"], paper_row["precision"], "s", color="tab:orange", mfc="none", ms=5)
+                pr.plot([e["recall"][0], paper_row["recall"]], [e["precision"][0], paper_row["precision"]],
+                        "-", color="0.8", lw=0.7, zorder=0)
+        pr.plot([0, 1], [0, 1], "k:", lw=0.8)
+        pr.plot([], [], "o", color="tab:blue", label="ours")
+        pr.plot([], [], "s", color="tab:orange", mfc="none", label="paper (same row joined)")
+        pr.set_xlim(0, 1)
+        pr.set_ylim(0, 1)
+        pr.set_xlabel("recall")
+        pr.set_ylabel("precision")
+        pr.set_title("precision vs recall" + (" (cell interior)" if ds == "isbi2012" else ""))
+        pr.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
