@@ -198,6 +198,11 @@ def test_writers(tmp_path):
                                      "dataset": "isbi2012"} for s in (0, 1)] for r in t2}
     md = markdown_table(2, aggregate(TABLE2, results), results)
     assert md.count("isbi2012, winner vs runner-up: **R2AttU-Net**") == 1 and "paper's pick vs U-Net" not in md
+    # R2AttU-Net is always tested against the plain U-Net, also when a third network wins
+    third = next(r for r in TABLE2 if r.dataset == "isbi2012" and r.variant == "r2unet")
+    results[(third.key, "isbi2012")] = [{**_fake_result(third, s, 0.2, rng), "dataset": "isbi2012"} for s in (0, 1)]
+    md = markdown_table(2, aggregate(TABLE2, results), results)
+    assert "isbi2012, winner vs runner-up: **R2U-Net**" in md and "isbi2012, paper's pick vs U-Net: **R2AttU-Net**" in md
 
 
 def test_tiny_row_through_the_bundle(tmp_path):

@@ -479,8 +479,9 @@ def _write_text_atomic(text: str, path: str | os.PathLike) -> None:
 def comparisons(table: int, agg: list[dict], results: dict) -> list[tuple[str, str, dict, dict, dict]]:
     """Paired tests per dataset, ranking the rows that have results by the mean per-image Dice of the bundle's
     foreground (the score the test pairs across images, averaged over seeds): the winner against the runner-up,
-    and the paper's pick (Table 1: Focal Tversky 0.3/0.7/0.75; Table 2: R2AttU-Net) against the winner, or against
-    the plain U-Net in Table 2 when it wins. Returns ``(dataset, what, row a, row b, test of a - b)``."""
+    and the paper's pick (Table 1: Focal Tversky 0.3/0.7/0.75; Table 2: R2AttU-Net) against the winner (Table 1) or
+    the plain U-Net (Table 2), unless that is the same pair. Returns ``(dataset, what, row a, row b, test of a - b)``.
+    """
     out = []
     for ds in dict.fromkeys(e["row"].dataset for e in agg):
         done = sorted((e for e in agg if e["row"].dataset == ds and e["n_seeds"]), key=lambda e: -e["rank_dice"])
@@ -494,7 +495,7 @@ def comparisons(table: int, agg: list[dict], results: dict) -> list[tuple[str, s
         out.append((ds, "winner vs runner-up", done[0], done[1], test(done[0], done[1])))
         pick = next((e for e in done if (e["row"].params == FTL and e["row"].variant == "r2attunet")
                      and e["row"].loss == "focal_tversky"), None)
-        other = done[0] if pick is not done[0] else next((e for e in done if e["row"].variant == "unet"), None)
+        other = done[0] if table == 1 else next((e for e in done if e["row"].variant == "unet"), None)
         same = {id(pick), id(other)} == {id(done[0]), id(done[1])}  # already tested as winner vs runner-up
         if pick is not None and other is not None and other is not pick and not same:
             out.append((ds, "paper's pick vs " + ("winner" if other is done[0] else "U-Net"), pick, other,
