@@ -30,7 +30,14 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_NAME = "r2attunet_microscopy_segmentation"
 MAX_FILE_BYTES = 25 * 1024 * 1024
-WEIGHTS = ("models/model.pt", "models/ensemble/*.pt", "models/model.ts", "models/model.onnx")
+WEIGHTS = (
+    "models/model.pt",
+    "models/ensemble/*.pt",
+    "models/em2d/model.pt",  # EM presets (configs/em2d.json, configs/em3d.json)
+    "models/em3d/model.pt",
+    "models/model.ts",
+    "models/model.onnx",
+)
 _TREES = ("configs", "scripts", "docs")
 _SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
 _TIMESTAMP = (2022, 5, 30, 0, 0, 0)  # fixed entry time, as the Model Zoo's own packaging
