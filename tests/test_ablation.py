@@ -185,6 +185,7 @@ def test_writers(tmp_path):
     assert len(table_lines) == 2 + 19 and len({line.count("|") for line in table_lines}) == 1
     assert f"| {good.loss_label} | 2 | {mean:.3f} ± " in md and f"| {good.paper['dice']:.2f} |" in md
     assert f"dsb2018, winner vs runner-up: **{good.loss_label}**" in md and "better on 12/12 images" in md
+    assert "seed by seed: +0.1" in md
     plot_table(1, agg, tmp_path / "figures" / "t1.png")
     assert (tmp_path / "figures" / "t1.png").stat().st_size > 10_000
     # the paper's pick loses: it is tested against the winner too
