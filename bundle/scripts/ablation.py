@@ -196,7 +196,7 @@ class Scale:
 
 
 SCALES = {
-    # fits a shared 2-core CPU: both tables (56 runs of 2 seeds) in about an hour
+    # fits a shared 2-core CPU: both tables (28 settings) with 2 seeds took 47 minutes, 2 rows at a time
     "cpu": Scale(),
     # the paper's: channels 64..1024, 256x256, 20 epochs, batch 4, lr 1e-4, all training images (30 held out)
     "paper": Scale(channels=(64, 128, 256, 512, 1024), patch_size=(256, 256), infer_roi=(256, 256), num_epochs=20,
