@@ -330,6 +330,8 @@ def prepare_vnc(
     import nibabel as nib
     import tifffile
 
+    from scripts.writers import atomic_path
+
     src, out = Path(src), Path(out)
     raw_files = sorted((src / "raw").glob("*.tif"))
     if not raw_files:
@@ -358,12 +360,10 @@ def prepare_vnc(
         for kind, stack in (("images", sections), ("labels", masks)):
             xyz = np.ascontiguousarray(np.transpose(np.stack([stack[k] for k in ks]), (2, 1, 0)))
             path = out / "volumes" / kind / f"{key}.nii.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{key}.partial.nii.gz")
             img = nib.Nifti1Image(xyz, affine)
             img.header.set_xyzt_units("micron")
-            nib.save(img, str(tmp))
-            os.replace(tmp, path)
+            with atomic_path(path, ".nii.gz") as tmp:
+                nib.save(img, str(tmp))
         volumes[key] = [{"image": f"images/{key}.nii.gz", "label": f"labels/{key}.nii.gz", "id": key, "sections": ks}]
         for k in ks:
             name = raw_files[k].stem

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import fire
 from monai.apps import download_and_extract
 from monai.apps.utils import check_hash
 
-__all__ = ["DSB2018_URL", "ISBI2012_URL", "ISBI2012_FILES", "download_dsb2018", "download_isbi2012"]
+__all__ = ["file_md5", "DSB2018_URL", "ISBI2012_URL", "ISBI2012_FILES", "download_dsb2018", "download_isbi2012"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ ISBI2012_FILES = {  # file name: md5
 }
 
 
-def _md5(path: Path) -> str:
+def file_md5(path: str | os.PathLike) -> str:
+    """MD5 of a file, read in 1 MB chunks."""
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -95,7 +97,7 @@ def download_dsb2018(
     nested = extract_dir / "stage1_train"
     root = nested if nested.is_dir() else extract_dir
     n = check_dsb2018_layout(root)
-    digest = md5 or _md5(archive)  # a given md5 was verified by download_and_extract
+    digest = md5 or file_md5(archive)  # a given md5 was verified by download_and_extract
     (out_dir / "stage1_train.zip.md5").write_text(f"{digest}  stage1_train.zip\n")
     logger.info(f"{root}: {n} images; archive md5 {digest}")
     print(f"downloaded {n} DSB2018 images to {root} (md5 {digest})")
@@ -151,7 +153,7 @@ def download_isbi2012(
             raise ValueError(f"{path}: not a readable TIFF stack ({type(e).__name__}: {e}).") from e
         if len(shapes[name]) != 3:
             raise ValueError(f"{path}: expected a stack of 2D pages, got shape {shapes[name]}.")
-        digests[name] = expected or _md5(path)
+        digests[name] = expected or file_md5(path)
     if shapes["train-volume.tif"] != shapes["train-labels.tif"]:
         raise ValueError(
             f"{out_dir}: train-labels.tif {shapes['train-labels.tif']} and train-volume.tif "

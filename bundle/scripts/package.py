@@ -14,7 +14,6 @@ file in a bundle) are refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ import zipfile
 from pathlib import Path
 
 import fire
+
+from scripts.download import file_md5
 
 __all__ = ["BUNDLE_NAME", "MAX_FILE_BYTES", "bundle_files", "large_files_yaml", "package"]
 
@@ -41,14 +42,6 @@ WEIGHTS = (
 _TREES = ("configs", "scripts", "docs")
 _SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
 _TIMESTAMP = (2022, 5, 30, 0, 0, 0)  # fixed entry time, as the Model Zoo's own packaging
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bundle_files(root: Path) -> tuple[list[str], list[str]]:
@@ -81,7 +74,7 @@ def large_files_yaml(root: Path, weights: list[str], url_base: str | None = None
         lines.append(f'  - path: "{w}"')
         if url_base:
             lines.append(f'    url: "{url_base.rstrip("/")}/{w}"')
-        lines.append(f'    hash_val: "{_md5(Path(root) / w)}"')
+        lines.append(f'    hash_val: "{file_md5(Path(root) / w)}"')
         lines.append('    hash_type: "md5"')
     return "\n".join(lines) + "\n"
 

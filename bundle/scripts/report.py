@@ -63,35 +63,46 @@ def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
     return results
 
 
-def plot_examples(items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, per_group: int = 2) -> None:
-    """A grid with one row per example (``per_group`` of each image type): image, ground truth, prediction and
-    the errors (green: true positive, red: false positive, blue: false negative)."""
+def _errors(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """RGB error map of binary masks: red false positive, green true positive, blue false negative."""
+    return np.stack([pred & ~label, pred & label, label & ~pred], -1).astype(np.float32)
+
+
+def _plot_grid(rows: list[list[tuple]], out_file: str | os.PathLike, panel: float, dpi: int, fontsize: int) -> None:
+    """Save a grid of ``(data, cmap, title)`` panels, one list per row, without axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(panel * len(rows[0]), panel * len(rows)), squeeze=False)
+    for r, panels in enumerate(rows):
+        for c, (data, cmap, title) in enumerate(panels):
+            axes[r, c].imshow(data, cmap=cmap)
+            axes[r, c].set_title(title, fontsize=fontsize)
+            axes[r, c].axis("off")
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=dpi)
+    plt.close(fig)
+
+
+def plot_examples(items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, per_group: int = 2) -> None:
+    """A grid with one row per example (``per_group`` of each image type): image, ground truth, prediction and
+    the errors (green: true positive, red: false positive, blue: false negative)."""
     by_group: dict[str, list[dict]] = defaultdict(list)
     for it in items:
         by_group[it.get("group", "all")].append(it)
-    rows = [it for g in sorted(by_group) for it in by_group[g][:per_group]]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3 * len(rows)), squeeze=False)
-    for r, it in enumerate(rows):
+    rows = []
+    for it in (it for g in sorted(by_group) for it in by_group[g][:per_group]):
         stem = Path(it["image"]).stem
         image = np.asarray(Image.open(it["image"]).convert("L"))
         label = np.asarray(Image.open(it["label"]).convert("L")) > 0
         pred = np.asarray(Image.open(Path(pred_dir) / f"{stem}_seg.png")) > 0
-        errors = np.stack([pred & ~label, pred & label, label & ~pred], -1).astype(np.float32)
         dice = 2 * (pred & label).sum() / max(pred.sum() + label.sum(), 1)
-        panels = [(image, "gray", f"{it.get('group', '')} {stem[:8]} {image.shape[1]}x{image.shape[0]}"),
-                  (label, "gray", "ground truth"), (pred, "gray", "prediction"), (errors, None, f"errors, Dice {dice:.3f}")]
-        for c, (data, cmap, title) in enumerate(panels):
-            axes[r, c].imshow(data, cmap=cmap)
-            axes[r, c].set_title(title, fontsize=9)
-            axes[r, c].axis("off")
-    fig.tight_layout()
-    fig.savefig(out_file, dpi=80)
-    plt.close(fig)
+        rows.append([(image, "gray", f"{it.get('group', '')} {stem[:8]} {image.shape[1]}x{image.shape[0]}"),
+                     (label, "gray", "ground truth"), (pred, "gray", "prediction"),
+                     (_errors(pred, label), None, f"errors, Dice {dice:.3f}")])
+    _plot_grid(rows, out_file, panel=3, dpi=80, fontsize=9)
 
 
 def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike) -> dict:
@@ -180,28 +191,17 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
     for name, sc in report.items():
         print(f"| {name} | " + " | ".join(f"{sc[k]:.4f}" for k in keys) + " |")
     if image:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         img = np.asarray(nib.load(image).dataobj)
-        zs = np.linspace(0, truth.shape[2] - 1, sections).round().astype(int)
-        fig, axes = plt.subplots(len(zs), 2 + len(preds), figsize=(4 * (2 + len(preds)), 4 * len(zs)), squeeze=False)
-        for r, z in enumerate(zs):
+        rows = []
+        for z in np.linspace(0, truth.shape[2] - 1, sections).round().astype(int):
             t = truth[..., z].T
             panels = [(img[..., z].T, "gray", f"section {z}"), (t, "gray", "ground truth")]
             for name, v in volumes_.items():
                 p = v[..., z].T
                 iou = (p & t).sum() / max((p | t).sum(), 1)
-                panels.append((np.stack([p & ~t, p & t, t & ~p], -1).astype(np.float32), None, f"{name}, IoU {iou:.3f}"))
-            for c, (data, cmap, title) in enumerate(panels):
-                axes[r, c].imshow(data, cmap=cmap)
-                axes[r, c].set_title(title, fontsize=10)
-                axes[r, c].axis("off")
-        fig.tight_layout()
-        fig.savefig(out_path, dpi=60)
-        plt.close(fig)
+                panels.append((_errors(p, t), None, f"{name}, IoU {iou:.3f}"))
+            rows.append(panels)
+        _plot_grid(rows, out_path, panel=4, dpi=60, fontsize=10)
     return report
 
 

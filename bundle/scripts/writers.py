@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -12,9 +14,27 @@ import tifffile
 from monai.data import ImageWriter, PILWriter
 from PIL import Image
 
-__all__ = ["AtomicPILWriter", "AtomicStackWriter"]
+__all__ = ["atomic_path", "AtomicPILWriter", "AtomicStackWriter"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield ``.<stem>.partial<suffix>`` next to ``path`` to write to; on success rename it over ``path``
+    (``os.replace`` is atomic on POSIX and Windows), on any error remove it. ``suffix`` defaults to ``path``'s own
+    (pass e.g. ``".nii.gz"`` for double suffixes, which writers use to pick the format)."""
+    path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
+    stem = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.stem
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{stem}.partial{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class AtomicPILWriter(PILWriter):
@@ -23,13 +43,8 @@ class AtomicPILWriter(PILWriter):
 
     def write(self, filename, verbose: bool = False, **kwargs) -> None:
         path = Path(filename)
-        tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-        try:
+        with atomic_path(path) as tmp:
             super().write(tmp, verbose=False, **kwargs)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         if verbose:
             logger.info(f"writing: {path}")
 
@@ -91,13 +106,7 @@ class AtomicStackWriter(ImageWriter):
             path = target.with_name(stem + ".png")
             save = lambda tmp: Image.fromarray(np.ascontiguousarray(data[..., 0].T)).save(tmp, format="PNG")
             tmp_suffix = ".png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{stem}.partial{tmp_suffix}")
-        try:
+        with atomic_path(path, tmp_suffix) as tmp:
             save(str(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         if verbose:
             logger.info(f"writing: {path}")
