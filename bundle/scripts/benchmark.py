@@ -310,6 +310,7 @@ def infer(
     parser = _parser(config_file, overrides)
     device = parser.get_parsed_content("device")
     memory_format = parser.get_parsed_content("memory_format")
+    torch.manual_seed(0)  # random weights (a network other than the shipped one) as reproducible as the inputs
     net = parser.get_parsed_content("network_def").to(device, memory_format=memory_format).eval()
     weights = weights or (str(BUNDLE / "models" / "model.pt") if channels is None else None)
     if weights:
