@@ -224,3 +224,14 @@ def test_new_training_starts_its_own_ensemble(tmp_path):
     assert len(list(tmp_path.iterdir())) == 3  # a resumed training keeps its ensemble
     reset_ensemble(str(tmp_path), resume=False)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_finetune_starts_from_given_weights(tmp_path):
+    shipped = BUNDLE / "models" / "model.pt"
+    out = run_bundle(*_train_args(tmp_path, 1), "--finetune", "True", "--finetune_model_path", str(shipped),
+                     "--learning_rate", "0.0").stdout
+    assert f"Restored all variables from {shipped}" in out
+    start = torch.load(shipped, map_location="cpu")
+    tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
+    weights = [k for k in start if k.endswith("conv.weight")]
+    assert weights and all(torch.equal(start[k], tuned[k]) for k in weights)  # learning rate 0: unchanged

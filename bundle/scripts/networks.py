@@ -25,6 +25,7 @@ __all__ = [
     "R2Block",
     "AttentionGate",
     "PlainSkip",
+    "EncoderLevel",
     "DecoderLevel",
     "R2AttUNet",
     "describe_state_dict",
@@ -54,26 +55,27 @@ class RecurrentUnit(nn.Module):
         return h
 
 
-def _checkpointed(function: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``function(x)`` under ``torch.utils.checkpoint``: only ``x`` is kept, the rest is recomputed in the backward
-    pass. The recomputation does not update the running statistics of ``module``'s BatchNorm layers a second time."""
+def _checkpointed(function: Callable[..., torch.Tensor], module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    """``function(*inputs)`` under ``torch.utils.checkpoint``: only ``inputs`` are kept, the rest is recomputed in the
+    backward pass. The recomputation does not update the running statistics of ``module``'s BatchNorm layers a second
+    time."""
     calls = 0
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
+    def run(*args: torch.Tensor) -> torch.Tensor:
         nonlocal calls
         calls += 1
         if calls == 1:
-            return function(inputs)
+            return function(*args)
         buffers = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
         saved = [b.clone() for b in buffers]
         try:  # training-mode BatchNorm normalises with the batch statistics, as the first time
-            return function(inputs)
+            return function(*args)
         finally:  # also when checkpoint stops the recomputation early
             with torch.no_grad():
                 for b, s in zip(buffers, saved):
                     b.copy_(s)
 
-    return torch.utils.checkpoint.checkpoint(run, x, use_reentrant=False)
+    return torch.utils.checkpoint.checkpoint(run, *inputs, use_reentrant=False)
 
 
 class R2Block(nn.Module):
@@ -82,9 +84,9 @@ class R2Block(nn.Module):
     ``x -> 1x1 projection -> two recurrent units -> (+ projection)``. ``residual=False`` drops the add;
     ``recurrent=False`` makes the units plain convolutions. With both off the block is the classic U-Net double
     convolution ``conv(in, out) -> conv(out, out)`` with no projection.
-    ``memory_saving=True`` keeps only the block's input during training and recomputes the rest in the backward
-    pass (``torch.utils.checkpoint``): same outputs, gradients and BatchNorm running statistics, less memory, about
-    one more forward pass of compute.
+    ``memory_saving=True`` keeps only the inputs of the projection and of each recurrent unit during training and
+    recomputes the rest in the backward pass (``torch.utils.checkpoint``, see :meth:`recompute`): same outputs,
+    gradients and BatchNorm running statistics, less memory, about one more forward pass of compute.
     Input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial)``.
     """
 
@@ -117,9 +119,28 @@ class R2Block(nn.Module):
             y = y + x
         return y
 
+    @torch.jit.unused
+    def recompute(self, head: Callable[..., torch.Tensor] | None, owner: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """Memory-saving training forward of ``self(head(*inputs))`` (``head=None``: ``self(inputs[0])``).
+
+        Three checkpointed segments: ``head`` with the 1x1 projection, then each recurrent unit. Training keeps only
+        each segment's input and the backward pass recomputes one segment at a time, so the peak holds one unit's
+        activations, not the block's. ``owner`` holds the BatchNorm layers ``head`` runs (see ``_checkpointed``).
+        """
+        if head is None and isinstance(self.proj, nn.Identity):
+            x = inputs[0]
+        else:
+            x = _checkpointed(lambda *t: self.proj(t[0] if head is None else head(*t)), owner, *inputs)
+        y = x
+        for unit in self.units:
+            y = _checkpointed(unit, unit, y)
+        if self.residual:
+            y = y + x
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and self.memory_saving and self.training and torch.is_grad_enabled():
-            return _checkpointed(self._forward, self, x)
+            return self.recompute(None, self, x)
         return self._forward(x)
 
 
@@ -141,6 +162,27 @@ class PlainSkip(nn.Module):
 
     def forward(self, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+class EncoderLevel(nn.Sequential):
+    """One encoder level below the first: pooling (``self[0]``) then a block (``self[1]``), so the parameter names
+    are those of ``nn.Sequential(pool, block)``. With a memory-saving :class:`R2Block` the pooling is recomputed with
+    the block's projection. Input ``(B, C, *s)``, output ``(B, out_channels, *(s / stride))``."""
+
+    def __init__(self, pool: nn.Module, block: nn.Module) -> None:
+        super().__init__(pool, block)
+        self.memory_saving = bool(getattr(block, "memory_saving", False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.memory_saving and self.training and torch.is_grad_enabled():
+            return self._recompute(x)
+        for module in self:
+            x = module(x)
+        return x
+
+    @torch.jit.unused
+    def _recompute(self, x: torch.Tensor) -> torch.Tensor:
+        return self[1].recompute(self[0], self, x)
 
 
 class DecoderLevel(nn.Module):
@@ -172,11 +214,23 @@ class DecoderLevel(nn.Module):
         )
         self.gate = gate
         self.block = block
+        self.memory_saving = bool(getattr(block, "memory_saving", False))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    def merge(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsample ``x``, gate ``skip`` with it and concatenate: ``(B, in_channels, *(s * stride))``."""
         x = self.up(x)
         skip = self.gate(x, skip)
-        return self.block(torch.cat([skip, x], dim=1))
+        return torch.cat([skip, x], dim=1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.memory_saving and self.training and torch.is_grad_enabled():
+            return self._recompute(x, skip)
+        return self.block(self.merge(x, skip))
+
+    @torch.jit.unused
+    def _recompute(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsampling, gate and concatenation are recomputed with the block's projection."""
+        return self.block.recompute(self.merge, self, x, skip)
 
 
 class R2AttUNet(nn.Module):
@@ -197,8 +251,10 @@ class R2AttUNet(nn.Module):
         attention_act: non-linearity inside the gate, ``"tanh"`` as in the paper or ``"relu"``.
         strides: pooling (and upsampling) factor per level, an int or one int per spatial dim each, e.g.
             ``[[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]`` for anisotropic EM stacks. Default 2 everywhere.
-        memory_saving: recompute each recurrent residual block's activations in the backward pass instead of
-            keeping them (training only; same results, less memory, about a third more compute per step).
+        memory_saving: recompute activations in the backward pass instead of keeping them (training only; same
+            results, less memory, about a third more compute per step): each level keeps its input, its projection
+            and its first recurrent unit's output; pooling, upsampling, attention gate and concatenation are
+            recomputed with the projection and each recurrent unit on its own (see :meth:`R2Block.recompute`).
 
     Input ``(B, in_channels, *spatial)`` with every spatial size divisible by the product of its strides
     (16 for the default 4 poolings); output ``(B, out_channels, *spatial)`` logits.
@@ -242,7 +298,7 @@ class R2AttUNet(nn.Module):
         encoder: list[nn.Module] = [block(in_channels, channels[0])]
         for level in range(1, depth + 1):
             pool = Pool[Pool.MAX, spatial_dims](kernel_size=self.strides[level - 1], stride=self.strides[level - 1])
-            encoder.append(nn.Sequential(pool, block(channels[level - 1], channels[level])))
+            encoder.append(EncoderLevel(pool, block(channels[level - 1], channels[level])))
         self.encoder = nn.ModuleList(encoder)
 
         decoder: list[nn.Module] = []
