@@ -72,3 +72,13 @@ def test_data_benchmark_reports_loading_share():
                             "--channels", "[4,8,16]", "--num_workers", "0")
     assert last["images"] == 8 and last["epochs"] == 1 and len(last["epoch_s"]) == 1
     assert 0 < last["data_share"] < 1 and last["data_wait_s"] > 0 and last["compute_s"] > 0
+
+
+def test_conv_benchmark_levels_side_by_side():
+    levels, last = run_benchmark("conv", "--channels", "[4,8]", "--size", "32", "--batch", "2", "--repeats", "1")
+    assert [row["channels"] for row in last["levels"]] == [4, 8] and levels[:2] == last["levels"]
+    assert [row["size"] for row in last["levels"]] == [32, 16]
+    for row in last["levels"]:
+        assert row["gflop"] == pytest.approx(3 * 2 * 2 * row["channels"] ** 2 * 9 * row["size"] ** 2 / 1e9, abs=1e-3)
+        assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["fast_ms"], rel=0.02)
+    assert {"device", "precision", "speedup", "speedup_channels_last", "speedup_dtype"} <= set(last)

@@ -6,6 +6,7 @@ Run from the bundle root; each prints one JSON object as its last line::
     python -m scripts.benchmark infer --size 256 --batch 4
     python -m scripts.benchmark data --dataset_dir /path/to/dsb2018 --limit 128
     python -m scripts.benchmark gpu --train_images 539
+    python -m scripts.benchmark conv --channels "[32,64,128,256,512]" --size 256 --batch 4
 
 ``train`` builds the trainer from ``configs/train.json`` with ``monai.bundle.ConfigParser`` (network, loss, optimizer,
 mixed precision, memory format, ``memory_saving``, ``compile``, post-processing and the training metric, exactly as
@@ -16,7 +17,9 @@ in plain fp32, contiguous memory, eager mode (no ``memory_saving``, no compile) 
 ``infer`` compares eager fp32, mixed precision, TorchScript and ONNX Runtime on a batch of patches and on one
 large image through the sliding window of ``configs/inference.json``. ``data`` runs real training epochs (no
 validation) and reports the share of time the trainer waits for batches (ignite's ``BasicTimeProfiler``). ``gpu``
-is the prepared paper-configuration run for a GPU machine.
+is the prepared paper-configuration run for a GPU machine. ``conv`` times one 3x3 convolution of each level (forward
+and backward) in plain fp32, fp32 channels-last and the configured mixed precision side by side: the ceiling that
+the network's convolutions put on the training speed-up on this device.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ BUNDLE = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
 INFERENCE_CONFIG = BUNDLE / "configs" / "inference.json"
 
-__all__ = ["train", "infer", "data", "gpu", "training_gflop"]
+__all__ = ["train", "infer", "data", "gpu", "conv", "training_gflop"]
 
 
 def _device_name(device: torch.device) -> str:
@@ -498,6 +501,66 @@ def gpu(
     return out
 
 
+def conv(
+    channels: list[int] | None = None,
+    size: int = 256,
+    batch: int = 4,
+    repeats: int = 5,
+    precision: str = "auto",
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Forward + backward time of one 3x3 convolution per level (``channels[i]`` in and out, ``size / 2**i`` pixels
+    a side, ``batch`` images; the recurrent units' convolution, which carries most of the network's FLOPs) in three
+    modes side by side: ``fp32`` (contiguous, the baseline's), ``fp32_cl`` (channels-last) and ``fast``
+    (channels-last under autocast with ``precision``'s dtype, see :func:`scripts.inferers.autocast_dtype`).
+    Reports GFLOP/s per mode and level, the speed-up of ``fast`` over ``fp32`` per level, and over all levels
+    weighted by their calls in R2AttU-Net (each level runs its 3x3 convolution 12 times a step, the deepest 6)."""
+    from scripts.inferers import autocast_dtype
+
+    device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    channels = [int(c) for c in (channels or [32, 64, 128, 256, 512])]
+    dtype = autocast_dtype(device, precision)
+    modes = {"fp32": (torch.contiguous_format, None), "fp32_cl": (torch.channels_last, None),
+             "fast": (torch.channels_last, dtype)}
+    levels, totals = [], {m: 0.0 for m in modes}
+    for level, c in enumerate(channels):
+        side = max(size // 2**level, 1)
+        gflop = 3 * 2 * batch * c * c * 9 * side * side / 1e9  # forward, grad input, grad weight
+        row: dict[str, Any] = {"channels": c, "size": side, "gflop": round(gflop, 3)}
+        for name, (memory_format, mode_dtype) in modes.items():
+            layer = torch.nn.Conv2d(c, c, 3, padding=1).to(device, memory_format=memory_format)
+            x = torch.randn(batch, c, side, side, device=device).to(memory_format=memory_format).requires_grad_()
+
+            def forward(layer=layer, x=x, mode_dtype=mode_dtype) -> torch.Tensor:
+                with torch.autocast(device.type, dtype=mode_dtype or torch.float32, enabled=mode_dtype is not None):
+                    return layer(x)
+
+            grad = torch.randn_like(forward())  # a dense gradient in the output's dtype and memory format
+
+            def step(forward=forward, grad=grad) -> None:
+                forward().backward(grad)
+
+            seconds = _time(step, repeats, device)
+            totals[name] += seconds * (0.5 if level == len(channels) - 1 else 1.0)
+            row[f"{name}_ms"] = round(1e3 * seconds, 2)
+            row[f"{name}_gflop_per_s"] = round(gflop / seconds, 1)
+        row["speedup"] = round(row["fp32_ms"] / row["fast_ms"], 3)
+        levels.append(row)
+        print(json.dumps(row), flush=True)
+    out = {
+        "device": _device_name(device),
+        "precision": _dtype_name(dtype),
+        "threads": torch.get_num_threads(),
+        "batch": batch,
+        "levels": levels,
+        "speedup": round(totals["fp32"] / totals["fast"], 3),
+        "speedup_channels_last": round(totals["fp32"] / totals["fp32_cl"], 3),
+        "speedup_dtype": round(totals["fp32_cl"] / totals["fast"], 3),
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def _cli(function):
     """``function`` for ``fire``, which would otherwise print the returned dict after the JSON line."""
 
@@ -509,4 +572,4 @@ def _cli(function):
 
 
 if __name__ == "__main__":
-    fire.Fire({name: _cli(f) for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu))})
+    fire.Fire({name: _cli(f) for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu), ("conv", conv))})
