@@ -222,7 +222,7 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     out = tmp_path / "run"
     run_bundle("run", "--config_file", "['configs/train.json','configs/em3d.json']", "--dataset_dir", str(data),
                "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "runs"), *TINY_3D, "--num_epochs", "2",
-               "--val_interval", "2", "--progress_bar", "false", "--num_workers", "0")
+               "--val_interval", "2", "--progress_bar", "false", "--num_workers", "0", "--memory_saving", "true")
     assert (out / "models" / "model.pt").is_file()
     src = tmp_path / "in"
     src.mkdir()

@@ -82,13 +82,13 @@ def test_invalid_arguments():
         R2AttUNet(2, 1, 1, channels=(4, 8, 16), strides=[2])
 
 
-@pytest.mark.parametrize("precision", [None, torch.bfloat16])
-def test_memory_saving_same_outputs_gradients_and_running_stats(precision):
+@pytest.mark.parametrize("precision,spatial_dims", [(None, 2), (torch.bfloat16, 2), (None, 3)])
+def test_memory_saving_same_outputs_gradients_and_running_stats(precision, spatial_dims):
     torch.manual_seed(0)
-    plain = R2AttUNet(2, 1, 1, channels=(4, 8, 16)).train()
-    saving = R2AttUNet(2, 1, 1, channels=(4, 8, 16), memory_saving=True).train()
+    plain = R2AttUNet(spatial_dims, 1, 1, channels=(4, 8, 16)).train()
+    saving = R2AttUNet(spatial_dims, 1, 1, channels=(4, 8, 16), memory_saving=True).train()
     saving.load_state_dict(plain.state_dict())  # same keys: memory_saving adds no parameters or buffers
-    x = torch.rand(2, 1, 32, 32)
+    x = torch.rand(2, 1, *[16] * spatial_dims)
     outs = []
     for net in (plain, saving):
         with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
