@@ -1,6 +1,6 @@
 import pytest
 import torch
-from scripts.networks import AttentionGate, PlainSkip, R2AttUNet
+from scripts.networks import AttentionGate, PlainSkip, R2AttUNet, inflate_state_dict
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -27,6 +27,49 @@ def test_anisotropic_strides_3d():
     with torch.no_grad():
         out = net(torch.rand(1, 1, 5, 32, 32))  # 5 sections: no pooling along z
     assert out.shape == (1, 1, 5, 32, 32)
+
+
+def test_anisotropic_kernels_3d():
+    kernels = [[3, 3, 1], [3, 3, 1], [3, 3, 3]]
+    net = R2AttUNet(3, 1, 1, channels=(4, 8, 16), strides=[[2, 2, 1], [2, 2, 1]], kernel_size=kernels).eval()
+    assert net.encoder[0].units[0].conv.conv.weight.shape[2:] == (3, 3, 1)
+    assert net.encoder[2][1].units[1].conv.conv.weight.shape[2:] == (3, 3, 3)
+    assert net.decoder[0].up.conv.weight.shape[2:] == (3, 3, 1)  # upsampling into level 1
+    assert net.decoder[1].block.units[0].conv.conv.weight.shape[2:] == (3, 3, 1)
+    with torch.no_grad():
+        x = torch.rand(1, 1, 32, 32, 3)
+        out = net(x)
+        assert out.shape == x.shape
+        assert torch.allclose(torch.jit.script(net)(x), out, atol=1e-5)
+        # the deepest level's 3x3x3 kernels let the sections interact: changing section 2 changes section 0
+        y = x.clone()
+        y[..., 2] = torch.rand(1, 1, 32, 32)
+        assert not torch.allclose(net(y)[..., 0], out[..., 0])
+
+
+@pytest.mark.parametrize("strides,exact", [([[2, 2, 1]] * 3, True), ([[2, 2, 1], [2, 2, 2], [2, 2, 1]], False)])
+def test_inflated_2d_weights_segment_sections_like_the_2d_network(strides, exact):
+    torch.manual_seed(0)
+    flat = R2AttUNet(2, 1, 2, channels=(4, 8, 16, 32))
+    flat.train()
+    with torch.no_grad():  # non-trivial BatchNorm running statistics
+        for _ in range(3):
+            flat(torch.randn(4, 1, 32, 32) * 2 + 1)
+    flat.eval()
+    kernels = [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]]
+    net = R2AttUNet(3, 1, 2, channels=(4, 8, 16, 32), strides=strides, kernel_size=kernels).eval()
+    state = inflate_state_dict(flat.state_dict(), net)
+    assert state["encoder.3.1.units.0.conv.conv.weight"][..., [0, 2]].abs().sum() == 0  # 2D kernel in the middle
+    net.load_state_dict(state)
+    x = torch.randn(1, 1, 32, 32, 4, dtype=torch.float64)
+    with torch.no_grad():
+        sections = flat.double()(x.permute(4, 0, 1, 2, 3)[:, 0]).permute(1, 2, 3, 0)[None]
+        difference = (net.double()(x) - sections).abs().max()
+    assert (difference < 1e-8) if exact else (difference > 1e-3)  # pooling across sections mixes them
+    with pytest.raises(ValueError, match="same channels"):
+        inflate_state_dict(flat.state_dict(), R2AttUNet(3, 1, 2, channels=(8, 16, 32, 64)))
+    with pytest.raises(ValueError, match="lack"):
+        inflate_state_dict({}, net)
 
 
 def test_torchscript_matches_eager():
@@ -80,6 +123,10 @@ def test_invalid_arguments():
         R2AttUNet(2, 1, 1, channels=(4, 6, 12))
     with pytest.raises(ValueError, match="strides"):
         R2AttUNet(2, 1, 1, channels=(4, 8, 16), strides=[2])
+    with pytest.raises(ValueError, match="kernel_size needs 3"):
+        R2AttUNet(2, 1, 1, channels=(4, 8, 16), kernel_size=[3, 3])
+    with pytest.raises(ValueError, match="odd"):
+        R2AttUNet(2, 1, 1, channels=(4, 8, 16), kernel_size=[3, 3, 2])
 
 
 @pytest.mark.parametrize("precision,spatial_dims", [(None, 2), (torch.bfloat16, 2), (None, 3)])

@@ -30,6 +30,7 @@ __all__ = [
     "R2AttUNet",
     "describe_state_dict",
     "mismatch_message",
+    "inflate_state_dict",
 ]
 
 
@@ -41,7 +42,9 @@ class RecurrentUnit(nn.Module):
     Input and output: ``(B, C, *spatial)``.
     """
 
-    def __init__(self, spatial_dims: int, channels: int, time_steps: int = 2, kernel_size: int = 3) -> None:
+    def __init__(
+        self, spatial_dims: int, channels: int, time_steps: int = 2, kernel_size: int | Sequence[int] = 3
+    ) -> None:
         super().__init__()
         if time_steps < 0:
             raise ValueError(f"time_steps must be >= 0, got {time_steps}.")
@@ -83,7 +86,8 @@ class R2Block(nn.Module):
 
     ``x -> 1x1 projection -> two recurrent units -> (+ projection)``. ``residual=False`` drops the add;
     ``recurrent=False`` makes the units plain convolutions. With both off the block is the classic U-Net double
-    convolution ``conv(in, out) -> conv(out, out)`` with no projection.
+    convolution ``conv(in, out) -> conv(out, out)`` with no projection. ``kernel_size`` (an int or one per spatial
+    dim, e.g. ``(3, 3, 1)`` for in-plane-only convolutions in a 3D stack) is that of the recurrent units.
     ``memory_saving=True`` keeps only the inputs of the projection and of each recurrent unit during training and
     recomputes the rest in the backward pass (``torch.utils.checkpoint``, see :meth:`recompute`): same outputs,
     gradients and BatchNorm running statistics, less memory, about one more forward pass of compute.
@@ -99,6 +103,7 @@ class R2Block(nn.Module):
         recurrent: bool = True,
         residual: bool = True,
         memory_saving: bool = False,
+        kernel_size: int | Sequence[int] = 3,
     ) -> None:
         super().__init__()
         steps = time_steps if recurrent else 0
@@ -106,11 +111,13 @@ class R2Block(nn.Module):
         self.memory_saving = memory_saving
         if residual or recurrent:
             self.proj: nn.Module = Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, conv_only=True)
-            first: nn.Module = RecurrentUnit(spatial_dims, out_channels, steps)
+            first: nn.Module = RecurrentUnit(spatial_dims, out_channels, steps, kernel_size)
         else:
             self.proj = nn.Identity()
-            first = Convolution(spatial_dims, in_channels, out_channels, kernel_size=3, act=Act.RELU, norm="batch")
-        self.units = nn.Sequential(first, RecurrentUnit(spatial_dims, out_channels, steps))
+            first = Convolution(
+                spatial_dims, in_channels, out_channels, kernel_size=kernel_size, act=Act.RELU, norm="batch"
+            )
+        self.units = nn.Sequential(first, RecurrentUnit(spatial_dims, out_channels, steps, kernel_size))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
@@ -189,7 +196,7 @@ class DecoderLevel(nn.Module):
     """One decoder level: transposed-conv upsampling, gated skip, concatenation, block.
 
     ``forward(x, skip)``: ``x`` is ``(B, in_channels, *s)``, ``skip`` is ``(B, in_channels // 2, *(s * stride))``;
-    returns ``(B, in_channels // 2, *(s * stride))``.
+    returns ``(B, in_channels // 2, *(s * stride))``. ``kernel_size`` is the upsampling's.
     """
 
     def __init__(
@@ -199,6 +206,7 @@ class DecoderLevel(nn.Module):
         stride: int | Sequence[int],
         block: nn.Module,
         gate: nn.Module,
+        kernel_size: int | Sequence[int] = 3,
     ) -> None:
         super().__init__()
         out_channels = in_channels // 2
@@ -207,7 +215,7 @@ class DecoderLevel(nn.Module):
             in_channels,
             out_channels,
             strides=stride,
-            kernel_size=3,
+            kernel_size=kernel_size,
             is_transposed=True,
             act=Act.RELU,
             norm="batch",
@@ -250,7 +258,13 @@ class R2AttUNet(nn.Module):
             the common PyTorch R2AttU_Net does.
         attention_act: non-linearity inside the gate, ``"tanh"`` as in the paper or ``"relu"``.
         strides: pooling (and upsampling) factor per level, an int or one int per spatial dim each, e.g.
-            ``[[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]`` for anisotropic EM stacks. Default 2 everywhere.
+            ``[[2, 2, 1], [2, 2, 1], [2, 2, 2]]`` for anisotropic EM stacks (sections along the last axis).
+            Default 2 everywhere.
+        kernel_size: convolution kernel per level (``len(channels)`` entries, each an int or one int per spatial
+            dim), or one for all levels. It applies to the level's encoder and decoder blocks and to the upsampling
+            into it; ``[[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]]`` convolves only in plane at the shallow levels
+            of an anisotropic stack. Default 3 everywhere. See :func:`inflate_state_dict` to start such a network
+            from 2D weights.
         memory_saving: recompute activations in the backward pass instead of keeping them (training only; same
             results, less memory, about a third more compute per step): each level keeps its input, its projection
             and its first recurrent unit's output; pooling, upsampling, attention gate and concatenation are
@@ -274,6 +288,7 @@ class R2AttUNet(nn.Module):
         attention_act: str = "tanh",
         strides: Sequence[int | Sequence[int]] | None = None,
         memory_saving: bool = False,
+        kernel_size: int | Sequence[int | Sequence[int]] = 3,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -287,18 +302,31 @@ class R2AttUNet(nn.Module):
         strides = [2] * depth if strides is None else list(strides)
         if len(strides) != depth:
             raise ValueError(f"strides needs {depth} entries (one per pooling), got {len(strides)}.")
+        kernels = [kernel_size] * (depth + 1) if isinstance(kernel_size, int) else list(kernel_size)
+        if len(kernels) != depth + 1:
+            raise ValueError(f"kernel_size needs {depth + 1} entries (one per level) or one int, got {len(kernels)}.")
         self.spatial_dims = spatial_dims
         self.strides = [ensure_tuple_rep(s, spatial_dims) for s in strides]
+        self.kernel_size = [ensure_tuple_rep(k, spatial_dims) for k in kernels]
+        if any(k % 2 == 0 for ks in self.kernel_size for k in ks):
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}.")
 
-        def block(c_in: int, c_out: int) -> R2Block:
+        def block(c_in: int, c_out: int, level: int) -> R2Block:
             return R2Block(
-                spatial_dims, c_in, c_out, time_steps, recurrent=recurrent, residual=residual, memory_saving=memory_saving
+                spatial_dims,
+                c_in,
+                c_out,
+                time_steps,
+                recurrent=recurrent,
+                residual=residual,
+                memory_saving=memory_saving,
+                kernel_size=self.kernel_size[level],
             )
 
-        encoder: list[nn.Module] = [block(in_channels, channels[0])]
+        encoder: list[nn.Module] = [block(in_channels, channels[0], 0)]
         for level in range(1, depth + 1):
             pool = Pool[Pool.MAX, spatial_dims](kernel_size=self.strides[level - 1], stride=self.strides[level - 1])
-            encoder.append(EncoderLevel(pool, block(channels[level - 1], channels[level])))
+            encoder.append(EncoderLevel(pool, block(channels[level - 1], channels[level], level)))
         self.encoder = nn.ModuleList(encoder)
 
         decoder: list[nn.Module] = []
@@ -307,7 +335,14 @@ class R2AttUNet(nn.Module):
             gated = attention and (level > 1 or top_attention)
             gate = AttentionGate(spatial_dims, c_skip // 2, c_skip, c_skip, attention_act) if gated else PlainSkip()
             decoder.append(
-                DecoderLevel(spatial_dims, channels[level], self.strides[level - 1], block(2 * c_skip, c_skip), gate)
+                DecoderLevel(
+                    spatial_dims,
+                    channels[level],
+                    self.strides[level - 1],
+                    block(2 * c_skip, c_skip, level - 1),
+                    gate,
+                    self.kernel_size[level - 1],
+                )
             )
         self.decoder = nn.ModuleList(decoder)
         self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True)
@@ -364,3 +399,36 @@ def mismatch_message(path: object, state: object, network: nn.Module) -> str:
         f"{describe_state_dict(network.state_dict())}. Set network_def to match the weights (for example "
         f"--network_def#channels ...) or load weights trained with this configuration."
     )
+
+
+def inflate_state_dict(state: dict, network: nn.Module) -> dict:
+    """2D weights (``state``, a ``state_dict`` of a 2D :class:`R2AttUNet`) as a ``state_dict`` for the 3D
+    ``network`` with the same channels, the sections along its last spatial axis.
+
+    Each 2D kernel ``(O, I, kx, ky)`` becomes ``(O, I, kx, ky, kz)``: the 2D kernel in the middle section, zeros in the
+    others (``kz = 1``: the kernel itself). With in-plane pooling (strides ``(s, s, 1)``), the inflated network then
+    computes exactly what the 2D network computes section by section, and training can learn to use the neighbouring
+    sections from there (the "inflation" of 2D weights, Carreira and Zisserman, 2017). Other tensors are copied.
+
+    Raises:
+        ValueError: when a tensor is missing or its shape cannot be inflated to ``network``'s.
+    """
+    target = network.state_dict()
+    missing = sorted(set(target) - set(state))
+    if missing:
+        raise ValueError(f"the 2D weights lack {len(missing)} tensors of the 3D network, e.g. {missing[:3]}.")
+    inflated = {}
+    for key, dst in target.items():
+        src = state[key]
+        if src.shape == dst.shape:
+            inflated[key] = src.clone()
+        elif src.ndim + 1 == dst.ndim and tuple(src.shape) == tuple(dst.shape[:-1]) and dst.ndim >= 4:
+            weight = torch.zeros(dst.shape, dtype=src.dtype)
+            weight[..., dst.shape[-1] // 2] = src
+            inflated[key] = weight
+        else:
+            raise ValueError(
+                f"{key}: cannot inflate shape {tuple(src.shape)} to {tuple(dst.shape)}; the 2D and 3D networks need "
+                f"the same channels ({describe_state_dict(state)} against {describe_state_dict(target)})."
+            )
+    return inflated
