@@ -1,7 +1,7 @@
 import pytest
 import torch
-from monai.inferers import SlidingWindowInferer
-from scripts.inferers import AutocastInferer, autocast_dtype, cpu_supports_bf16
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+from scripts.inferers import AutocastInferer, FlipInferer, autocast_dtype, cpu_supports_bf16
 from scripts.networks import R2AttUNet
 
 
@@ -34,3 +34,40 @@ def test_training_step_under_bf16_has_gradients():
     assert out.dtype == torch.float32
     out.mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)
+
+
+def test_flip_inferer_averages_the_symmetries_mapped_back():
+    x = torch.rand(1, 1, 6, 9, 3)  # (X, Y, Z), not square in plane
+    tta = FlipInferer(SimpleInferer())
+    assert len(tta.symmetries()) == 8 and tta.symmetries()[0] == (False, ())
+    assert torch.allclose(tta(x, lambda t: 3 * t), 3 * x)  # an equivariant network is unchanged
+    seen = []
+    ramp = torch.arange(6.0).view(1, 1, 6, 1, 1)
+
+    def position_x(t: torch.Tensor) -> torch.Tensor:  # not equivariant: adds the index along the input's dim 2
+        seen.append(tuple(t.shape))
+        return t + torch.arange(float(t.shape[2])).view(1, 1, -1, 1, 1)
+
+    out = tta(x, position_x)
+    assert out.shape == x.shape and sorted(set(seen)) == [(1, 1, 6, 9, 3), (1, 1, 9, 6, 3)]
+    # mapped back: the x index averages to (5 - i + i) / 2 over the x flips, the transposed passes add a y index
+    expected = x + (2 * 2.5 + 2 * 4.0) / 4  # 4 plain passes: mean x index 2.5; 4 transposed: mean y index 4
+    assert torch.allclose(out, expected) and not torch.allclose(out, x + ramp)
+    sections = FlipInferer(SimpleInferer(), spatial_axes=(2,), transpose=False)
+    assert sections.symmetries() == [(False, ()), (False, (4,))]
+    with pytest.raises(ValueError, match="two spatial axes"):
+        FlipInferer(SimpleInferer(), spatial_axes=(0,))
+
+
+def test_flip_inferer_matches_the_symmetries_by_hand():
+    torch.manual_seed(0)
+    net = R2AttUNet(2, 1, 1, channels=(4, 8, 16)).eval()
+    x = torch.rand(1, 1, 40, 56)
+    sw = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=2, overlap=0.25)
+    with torch.no_grad():
+        single, tta = sw(x, net), FlipInferer(sw)(x, net)
+        by_hand = torch.stack([sw(x.flip(d), net).flip(d) for d in ((), (2,), (3,), (2, 3)) if d] + [single])
+        plane = torch.stack([sw(x.transpose(2, 3).flip(d), net).flip(d).transpose(2, 3) for d in ((2,), (3,), (2, 3))]
+                            + [sw(x.transpose(2, 3), net).transpose(2, 3)])
+    assert tta.shape == single.shape and not torch.allclose(tta, single)
+    assert torch.allclose(tta, torch.cat([by_hand, plane]).mean(0), atol=1e-5)
