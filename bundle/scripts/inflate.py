@@ -65,7 +65,12 @@ def inflate(
     return difference
 
 
-def _cli(weights: str, output: str, config_file: str | list[str] = ("configs/train.json", "configs/em3d.json"), **overrides) -> None:
+def _cli(
+    weights: str,
+    output: str,
+    config_file: str | list[str] = ("configs/train.json", "configs/em3d.json"),
+    **overrides,
+) -> None:
     inflate(weights, output, config_file, **overrides)  # ``fire`` would print the returned figure
 
 
