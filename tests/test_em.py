@@ -9,6 +9,9 @@ import functools
 import hashlib
 import http.server
 import json
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -25,13 +28,15 @@ from scripts.check import InputCheck, check_datalist
 from scripts.data import prepare_isbi2012, prepare_vnc
 from scripts.download import ISBI2012_FILES, download_isbi2012
 from scripts.evaluation import ForegroundRandInfo, rand_info_scores
+from scripts.inflate import inflate
+from scripts.networks import R2AttUNet
 from scripts.readers import StackReader
 from scripts.writers import AtomicStackWriter
 
 ISBI = SHARED_DATA / "isbi2012"
 VNC = SHARED_DATA / "drosophila_vnc_sstem" / "stack1"
 TINY_2D = ["--network_def#channels", "[8,16,32]", "--patch_size", "[64,64]"]
-TINY_3D = ["--network_def#channels", "[4,8,16,32]", "--patch_size", "[32,32,4]"]
+TINY_3D = ["--network_def#channels", "[4,8,16,32,64]", "--patch_size", "[32,32,4]"]
 IDENTITY = ["--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True"]
 
 
@@ -154,10 +159,11 @@ def _identity_expectation(zyx: np.ndarray) -> np.ndarray:
     return np.where(zyx.astype(np.float32) > zyx.astype(np.float32).mean(), 255, 0).astype(np.uint8)
 
 
-@pytest.mark.parametrize("preset", ["em2d", "em3d"])
-def test_inference_keeps_shape_orientation_and_geometry(preset, isbi_pages, tmp_path):
+@pytest.mark.parametrize("preset,tta", [("em2d", "false"), ("em3d", "false"), ("em3d", "true")])
+def test_inference_keeps_shape_orientation_and_geometry(preset, tta, isbi_pages, tmp_path):
     """An identity network makes the output predictable: TIFF stacks come back as (Z, Y, X) TIFFs, PNGs as PNGs and
-    NIfTI volumes with their affine, each pixel in its place (em2d: section by section, em3d: the whole volume)."""
+    NIfTI volumes with their affine, each pixel in its place (em2d: section by section, em3d: the whole volume; with
+    test-time flips, ``--tta true``, every flip is mapped back to its place)."""
     zyx = isbi_pages[0][:3, :70, :90]
     src = tmp_path / "in"
     src.mkdir()
@@ -169,7 +175,7 @@ def test_inference_keeps_shape_orientation_and_geometry(preset, isbi_pages, tmp_
         Image.fromarray(zyx[0]).save(src / "one.png")
         files.append("one_seg.png")
     run_bundle("run", "--config_file", f"['configs/inference.json','configs/{preset}.json']", *IDENTITY,
-               "--dataset_dir", str(src), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
+               "--dataset_dir", str(src), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false", "--tta", tta)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
     seg = tifffile.imread(tmp_path / "out" / "stack_seg.tif")
     assert seg.dtype == np.uint8 and seg.shape == zyx.shape
@@ -193,8 +199,9 @@ def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):
     run_bundle("run", "--config_file", "['configs/train.json','configs/em2d.json']", *args, "--num_epochs", "1",
                "--val_interval", "1", "--output_dir", str(out / "runs"), "--progress_bar", "false", "--num_workers", "0")
     assert (out / "models" / "model.pt").is_file()
+    shutil.rmtree(out / "models" / "ensemble")  # only model.pt, as models/em2d ships: --ensemble false needs no more
     run_bundle("run", "--config_file", "['configs/train.json','configs/evaluate.json','configs/em2d.json']", *args,
-               "--eval_dir", str(out / "eval"), "--ensemble", "false", "--num_workers", "0")
+               "--eval_dir", str(out / "eval"), "--ensemble", "false", "--num_workers", "0", "--tta", "true")
     metrics = (out / "eval" / "best" / "metrics.csv").read_text()
     for name in ("val_mean_dice", "val_interior_pooled_dice", "val_rand_score", "val_info_score"):
         assert name in metrics
@@ -220,10 +227,18 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
             nib.save(nib.Nifti1Image(crop, nii.affine), data / kind / f"{key}.nii.gz")
     (data / "datalist.json").write_text(json.dumps({k: lists[k] for k in ("training", "validation")}))
     out = tmp_path / "run"
+    # the preset's recipe: start from 2D weights of the same channels, inflated to 3D (here random ones)
+    torch.save(R2AttUNet(2, 1, 1, channels=(4, 8, 16, 32, 64)).state_dict(), tmp_path / "flat.pt")
+    configs = [str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "em3d.json")]
+    overrides = {"network_def#channels": [4, 8, 16, 32, 64]}
+    assert inflate(str(tmp_path / "flat.pt"), str(tmp_path / "init.pt"), configs, **overrides) < 1e-6
     run_bundle("run", "--config_file", "['configs/train.json','configs/em3d.json']", "--dataset_dir", str(data),
                "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "runs"), *TINY_3D, "--num_epochs", "2",
-               "--val_interval", "2", "--progress_bar", "false", "--num_workers", "0", "--memory_saving", "true")
+               "--val_interval", "2", "--progress_bar", "false", "--num_workers", "0", "--memory_saving", "true",
+               "--finetune", "true", "--finetune_model_path", str(tmp_path / "init.pt"))
     assert (out / "models" / "model.pt").is_file()
+    state = torch.load(out / "models" / "checkpoints" / "checkpoint_2.pt", weights_only=False)
+    assert state["lr_scheduler"]["last_epoch"] == 1  # the plateau schedule steps once per validation, not per epoch
     src = tmp_path / "in"
     src.mkdir()
     volume = nib.load(data / "images" / "validation.nii.gz")
@@ -236,6 +251,30 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     seg = tifffile.imread(tmp_path / "seg" / "stack_seg.tif")
     assert seg.shape == (2, 64, 64) and seg.dtype == np.uint8
     assert np.array_equal(seg, np.transpose(np.asarray(nii.dataobj), (2, 1, 0)))  # same result for both formats
+
+
+def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp_path):
+    """``python -m scripts.inflate`` with the shipped 2D weights and the 3D preset as it is (the recipe of
+    models/em3d): the output loads strictly into the preset's network, which segments sections like the 2D one."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.inflate", "--weights", "models/em2d_mito/model.pt", "--output",
+         str(tmp_path / "init.pt")], cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "largest logit difference to the 2D network" in proc.stderr
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "em3d.json")])
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(tmp_path / "init.pt", weights_only=True))
+    assert network.kernel_size[0] == (3, 3, 1) and network.strides[0] == (2, 2, 1)
+    bad = subprocess.run(
+        [sys.executable, "-m", "scripts.inflate", "--weights", "models/em2d/model.pt", "--output", str(tmp_path / "x.pt"),
+         "--network_def#channels", "[8,16,32,64,128]"], cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode != 0 and "models/em2d/model.pt" in bad.stderr and "same channels" in bad.stderr
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.mark.parametrize("preset,weights", [("em2d", "em2d"), ("em3d", "em3d"), ("em2d", "em2d_mito")])
@@ -251,7 +290,7 @@ def test_shipped_em_weights_load_into_their_presets(preset, weights):
 
 def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path):
     """Slice 20 is in the validation split of the shipped em2d weights (never trained on); measured membrane Dice
-    0.772 (docs/figures/em2d_examples.png)."""
+    0.791 with the preset's test-time flips (0.772 in one pass, docs/figures/em2d_examples.png)."""
     images, labels = isbi_pages
     (tmp_path / "in").mkdir()
     Image.fromarray(images[20]).save(tmp_path / "in" / "slice_20.png")
@@ -260,12 +299,13 @@ def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path)
     pred = np.asarray(Image.open(tmp_path / "out" / "slice_20_seg.png")) > 0
     membrane = labels[20] == 0
     dice = 2 * (pred & membrane).sum() / (pred.sum() + membrane.sum())
-    assert dice > 0.74, dice
+    assert dice > 0.76, dice
 
 
 def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_path):
-    """Section 12 is in the validation sections (10-15) of models/em2d_mito (trained on sections 0-9); the
-    mitochondria IoU of the six validation sections pooled is 0.807 (docs, EM results), of this one 0.798."""
+    """Section 12 is in the validation sections (10-15) of models/em2d_mito (trained on sections 0-9); with the
+    preset's test-time flips the mitochondria IoU of the six validation sections pooled is 0.845 (docs, EM results),
+    of this one 0.807."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "section_12.tif").write_bytes((vnc_stack / "raw" / "12.tif").read_bytes())
     run_bundle("run", "--config_file", "['configs/inference.json','configs/em2d.json']", "--ckpt_dir",
@@ -275,4 +315,21 @@ def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_
     mito = np.asarray(Image.open(vnc_stack / "mitochondria" / "12.png")) > 0
     assert pred.shape == mito.shape
     iou = (pred & mito).sum() / (pred | mito).sum()
-    assert iou > 0.75, iou
+    assert iou > 0.78, iou
+
+
+def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
+    """Sections 10-15 are the validation sections of models/em3d (trained on sections 0-9): a 384x384 crop of them as a
+    TIFF stack, segmented in 3D with the preset's test-time flips: IoU 0.858 measured (the six whole sections pooled:
+    0.836)."""
+    raw = np.stack([tifffile.imread(vnc_stack / "raw" / f"{k}.tif") for k in range(10, 16)])[:, 320:704, 320:704]
+    mito = np.stack([np.asarray(Image.open(vnc_stack / "mitochondria" / f"{k}.png")) > 0 for k in range(10, 16)])
+    mito = mito[:, 320:704, 320:704]
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "sections.tif", raw, photometric="minisblack")
+    run_bundle("run", "--config_file", "['configs/inference.json','configs/em3d.json']", "--dataset_dir",
+               str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
+    pred = tifffile.imread(tmp_path / "out" / "sections_seg.tif") > 0
+    assert pred.shape == mito.shape
+    iou = (pred & mito).sum() / (pred | mito).sum()
+    assert iou > 0.8, iou
