@@ -253,6 +253,15 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     assert np.array_equal(seg, np.transpose(np.asarray(nii.dataobj), (2, 1, 0)))  # same result for both formats
 
 
+def _preset_network(preset: str) -> torch.nn.Module:
+    """The network ``inference.json`` builds with ``configs/<preset>.json`` merged last."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / f"{preset}.json")])
+    return parser.get_parsed_content("network_def")
+
+
 def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp_path):
     """``python -m scripts.inflate`` with the shipped 2D weights and the 3D preset as it is (the recipe of
     models/em3d): the output loads strictly into the preset's network, which segments sections like the 2D one."""
@@ -262,11 +271,7 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "largest logit difference to the 2D network" in proc.stderr
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "em3d.json")])
-    network = parser.get_parsed_content("network_def")
+    network = _preset_network("em3d")
     network.load_state_dict(torch.load(tmp_path / "init.pt", weights_only=True))
     assert network.kernel_size[0] == (3, 3, 1) and network.strides[0] == (2, 2, 1)
     bad = subprocess.run(
@@ -279,11 +284,7 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
 
 @pytest.mark.parametrize("preset,weights", [("em2d", "em2d"), ("em3d", "em3d"), ("em2d", "em2d_mito")])
 def test_shipped_em_weights_load_into_their_presets(preset, weights):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / f"{preset}.json")])
-    network = parser.get_parsed_content("network_def")
+    network = _preset_network(preset)
     state = torch.load(BUNDLE / "models" / weights / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state))  # strict: every key and shape
 

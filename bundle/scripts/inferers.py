@@ -113,13 +113,13 @@ class FlipInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         swap = [a + 2 for a in self.spatial_axes[:2]] if self.transpose else []
-        total, count = None, 0
-        for transposed, flipped in self.symmetries():
+        symmetries = self.symmetries()
+        total = None
+        for transposed, flipped in symmetries:
             x = inputs.transpose(*swap) if transposed else inputs
             x = x.flip(flipped) if flipped else x
             y = self.inferer(x, network, *args, **kwargs)
             y = y.flip(flipped) if flipped else y
             y = y.transpose(*swap) if transposed else y
             total = y if total is None else total + y
-            count += 1
-        return total / count
+        return total / len(symmetries)

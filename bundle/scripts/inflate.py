@@ -48,7 +48,8 @@ def inflate(
         flat.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(mismatch_message(weights, state, flat)) from e
-    network.double().eval(), flat.double().eval()  # float64: compare the functions, not the rounding
+    network.double().eval()  # float64: compare the functions, not the rounding
+    flat.double().eval()
     with torch.no_grad():
         stack = torch.randn(1, 1, 64, 64, 4, dtype=torch.float64)
         sections = stack.permute(0, 4, 1, 2, 3)[0]  # (Z, 1, X, Y)
