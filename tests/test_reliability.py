@@ -235,3 +235,21 @@ def test_finetune_starts_from_given_weights(tmp_path):
     tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
     weights = [k for k in start if k.endswith("conv.weight")]
     assert weights and all(torch.equal(start[k], tuned[k]) for k in weights)  # learning rate 0: unchanged
+
+
+def test_state_saver_interval(tmp_path):
+    """--checkpoint_interval k writes the full training state every k epochs and keeps the newest file only."""
+    from ignite.engine import Engine, Events
+    from scripts.handlers import TrainingStateSaver, latest_checkpoint
+
+    net = torch.nn.Linear(2, 1)
+    state = {"model": net, "optimizer": torch.optim.SGD(net.parameters(), lr=0.1)}
+    engine = Engine(lambda e, b: None)
+    TrainingStateSaver(str(tmp_path), state, save_interval=2).attach(engine)
+    written = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: written.append(sorted(p.name for p in tmp_path.iterdir())))
+    engine.run([0], max_epochs=5)
+    assert written == [[], ["checkpoint_2.pt"], ["checkpoint_2.pt"], ["checkpoint_4.pt"], ["checkpoint_4.pt"]]
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_4.pt")
+    with pytest.raises(ValueError, match="save_interval"):
+        TrainingStateSaver(str(tmp_path), state, save_interval=0)

@@ -45,14 +45,18 @@ class SaverState:
 
 
 class TrainingStateSaver:
-    """After every epoch, write the whole training state (``save_dict``: model, optimizer, LR scheduler, trainer,
-    checkpoint-ensemble state...) to ``save_dir/checkpoint_<epoch>.pt``, atomically (temporary file, then rename),
-    keeping the last ``n_saved``. Attach it after the validation and LR handlers so that the file holds their
-    results for the epoch. Only rank 0 writes in distributed training."""
+    """Every ``save_interval`` epochs, write the whole training state (``save_dict``: model, optimizer, LR scheduler,
+    trainer, checkpoint-ensemble state...) to ``save_dir/checkpoint_<epoch>.pt``, atomically (temporary file, then
+    rename), keeping the last ``n_saved``. Attach it after the validation and LR handlers so that the file holds their
+    results for the epoch. Only rank 0 writes in distributed training. A ``save_interval`` above 1 suits epochs of a
+    few steps (a GPU runs them in well under a second, and each file holds the optimizer's state too)."""
 
-    def __init__(self, save_dir: str, save_dict: Mapping[str, Any], n_saved: int = 1) -> None:
+    def __init__(self, save_dir: str, save_dict: Mapping[str, Any], n_saved: int = 1, save_interval: int = 1) -> None:
+        if int(save_interval) < 1:
+            raise ValueError(f"TrainingStateSaver: save_interval must be at least 1, got {save_interval}.")
         self.save_dir = save_dir
         self.n_saved = n_saved
+        self.save_interval = int(save_interval)
         self.checkpoint = Checkpoint(
             dict(save_dict),
             DiskSaver(save_dir, require_empty=False, atomic=True, create_dir=True),
@@ -62,15 +66,15 @@ class TrainingStateSaver:
         )
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.checkpoint)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._remove_stale)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.checkpoint)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._remove_stale)
 
     def _remove_stale(self, engine: Engine) -> None:
-        """Drop files older than the last ``n_saved`` epochs, including those of a run this one resumed."""
+        """Drop files older than the last ``n_saved`` saves, including those of a run this one resumed."""
         if idist.get_rank() != 0 or not os.path.isdir(self.save_dir):
             return
         for f in glob.glob(os.path.join(self.save_dir, _STATE_PATTERN)):
-            if 0 <= _epoch(f) <= engine.state.epoch - self.n_saved:
+            if 0 <= _epoch(f) <= engine.state.epoch - self.n_saved * self.save_interval:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(f)
 
