@@ -7,6 +7,10 @@ For volumes (EM stacks), ``python -m scripts.report volumes --label L.nii.gz --i
 --preds "{'3D': 'O3/x_seg.nii.gz', '2D slice by slice': 'O2/x_seg.nii.gz'}" --out docs/figures/em3d.png`` scores each
 segmented volume against the label volume and draws sections with their errors.
 
+``python -m scripts.report logs --logs "{'2D': 'train2d.log', '3D': 'train3d.log'}" --out curves.png`` draws the
+validation Dice of trainings against their training steps from what ``monai.bundle run`` printed (its log file or
+redirected output), for runs whose TensorBoard files are not at hand.
+
 ``pred_dir`` holds ``<stem>_seg.png`` written by ``configs/inference.json`` for the images of the ``key`` split, at
 their original size. Scores use MONAI's ``ConfusionMatrixMetric`` (pooled over pixels) and ``DiceMetric`` (per image).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,7 +31,9 @@ from PIL import Image
 
 from scripts.data import load_datalist
 
-__all__ = ["score_predictions", "plot_examples", "plot_training_curves", "main", "score_volume", "volumes"]
+__all__ = [
+    "score_predictions", "plot_examples", "plot_training_curves", "main", "score_volume", "volumes", "parse_log", "logs",
+]
 
 _POOLED = ("f1 score", "precision", "sensitivity", "accuracy", "threat score")
 _NAMES = {"f1 score": "pooled Dice", "precision": "precision", "sensitivity": "recall", "accuracy": "accuracy",
@@ -143,6 +150,55 @@ def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike)
     return {"epochs": len(epochs), "best_epoch": best, "best_val_mean_dice": dice[best]}
 
 
+_ITER = re.compile(r"Epoch: \d+/\d+, Iter: \d+/(\d+) -- train_loss")
+_VAL = re.compile(r"Epoch\[(\d+)\] Metrics -- .*?val_mean_dice: ([0-9.]+)")
+
+
+def parse_log(path: str | os.PathLike) -> dict:
+    """Validation Dice by training step from a ``monai.bundle run`` training log: ``{"steps_per_epoch": n, "steps":
+    [...], "val_mean_dice": [...]}`` (steps = epoch x iterations per epoch, as the log's ``Iter: i/n`` gives)."""
+    steps_per_epoch, points = None, {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if steps_per_epoch is None and (m := _ITER.search(line)):
+            steps_per_epoch = int(m.group(1))
+        elif m := _VAL.search(line):
+            points[int(m.group(1))] = float(m.group(2))
+    if not points or steps_per_epoch is None:
+        raise ValueError(f"{path}: no training iterations or no val_mean_dice lines (a monai.bundle run training log?)")
+    epochs = sorted(points)
+    return {"steps_per_epoch": steps_per_epoch, "steps": [e * steps_per_epoch for e in epochs],
+            "val_mean_dice": [points[e] for e in epochs]}
+
+
+def logs(logs: dict, out: str) -> dict:
+    """Figure ``out`` (PNG) of the validation Dice against training steps of each training log in ``logs`` (name:
+    path), with each run's best marked; the curves go to ``<out>.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {name: parse_log(path) for name, path in logs.items()}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, c) in enumerate(curves.items()):
+        best = int(np.argmax(c["val_mean_dice"]))
+        c["best_step"], c["best_val_mean_dice"] = c["steps"][best], c["val_mean_dice"][best]
+        ax.plot(c["steps"], c["val_mean_dice"], f"C{i}-o", markersize=3, label=f"{name} (best {c['best_val_mean_dice']:.3f})")
+        ax.plot(c["best_step"], c["best_val_mean_dice"], f"C{i}*", markersize=12)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation mean Dice")
+    ax.set_ylim(bottom=max(0.0, min(min(c["val_mean_dice"]) for c in curves.values()) - 0.02))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=80)
+    plt.close(fig)
+    out_path.with_suffix(".json").write_text(json.dumps(curves, indent=1))
+    return curves
+
+
 def main(datalist: str, pred_dir: str, out: str, key: str = "validation", tb_dir: str | None = None) -> None:
     """Write ``report.json``, ``examples.png`` and ``training_curves.png`` (with ``tb_dir``) to ``out``; print a table."""
     items = load_datalist(datalist, key)
@@ -208,7 +264,7 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) > 1 and sys.argv[1] == "volumes":
-        fire.Fire(volumes, command=sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] in ("volumes", "logs"):
+        fire.Fire({"volumes": volumes, "logs": logs}[sys.argv[1]], command=sys.argv[2:])
     else:
         fire.Fire(main)
