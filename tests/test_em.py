@@ -31,12 +31,15 @@ from scripts.evaluation import ForegroundRandInfo, rand_info_scores
 from scripts.inflate import inflate
 from scripts.networks import R2AttUNet
 from scripts.readers import StackReader
+from scripts.report import logs as report_logs
 from scripts.writers import AtomicStackWriter
 
 ISBI = SHARED_DATA / "isbi2012"
 VNC = SHARED_DATA / "drosophila_vnc_sstem" / "stack1"
 TINY_2D = ["--network_def#channels", "[8,16,32]", "--patch_size", "[64,64]"]
-TINY_3D = ["--network_def#channels", "[4,8,16,32,64]", "--patch_size", "[32,32,4]"]
+# 64x64 in plane: 4 in-plane poolings leave 4x4; at 2x2, PyTorch 2.13's CPU bf16 Conv3d backward intermittently
+# returns non-finite gradients (docs, Known issues)
+TINY_3D = ["--network_def#channels", "[4,8,16,32,64]", "--patch_size", "[64,64,4]"]
 IDENTITY = ["--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True"]
 
 
@@ -196,9 +199,15 @@ def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):
     prepare_isbi2012(tmp_path, tmp_path / "data", val_slices=[3])
     out = tmp_path / "run"
     args = ["--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(out / "models"), *TINY_2D]
-    run_bundle("run", "--config_file", "['configs/train.json','configs/em2d.json']", *args, "--num_epochs", "1",
-               "--val_interval", "1", "--output_dir", str(out / "runs"), "--progress_bar", "false", "--num_workers", "0")
+    proc = run_bundle("run", "--config_file", "['configs/train.json','configs/em2d.json']", *args, "--num_epochs", "2",
+                      "--val_interval", "1", "--output_dir", str(out / "runs"), "--progress_bar", "false",
+                      "--num_workers", "0")
     assert (out / "models" / "model.pt").is_file()
+    # the training log drawn as validation curves (scripts.report logs): 3 slices, batch 2 -> 1 step an epoch
+    (tmp_path / "train.log").write_text(proc.stdout + proc.stderr)
+    curves = report_logs({"em2d": str(tmp_path / "train.log")}, str(tmp_path / "curves.png"))
+    assert curves["em2d"]["steps_per_epoch"] == 1 and curves["em2d"]["steps"] == [1, 2]
+    assert all(0 <= d <= 1 for d in curves["em2d"]["val_mean_dice"]) and (tmp_path / "curves.png").stat().st_size > 0
     shutil.rmtree(out / "models" / "ensemble")  # only model.pt, as models/em2d ships: --ensemble false needs no more
     run_bundle("run", "--config_file", "['configs/train.json','configs/evaluate.json','configs/em2d.json']", *args,
                "--eval_dir", str(out / "eval"), "--ensemble", "false", "--num_workers", "0", "--tta", "true")
@@ -234,7 +243,8 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     assert inflate(str(tmp_path / "flat.pt"), str(tmp_path / "init.pt"), configs, **overrides) < 1e-6
     run_bundle("run", "--config_file", "['configs/train.json','configs/em3d.json']", "--dataset_dir", str(data),
                "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "runs"), *TINY_3D, "--num_epochs", "2",
-               "--val_interval", "2", "--progress_bar", "false", "--num_workers", "0", "--memory_saving", "true",
+               "--val_interval", "2", "--checkpoint_interval", "2", "--progress_bar", "false", "--num_workers", "0",
+               "--memory_saving", "true",
                "--finetune", "true", "--finetune_model_path", str(tmp_path / "init.pt"))
     assert (out / "models" / "model.pt").is_file()
     state = torch.load(out / "models" / "checkpoints" / "checkpoint_2.pt", weights_only=False)
@@ -254,11 +264,13 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
 
 
 def _preset_network(preset: str) -> torch.nn.Module:
-    """The network ``inference.json`` builds with ``configs/<preset>.json`` merged last."""
+    """The network ``inference.json`` builds with the preset's configs merged last (``"em2d+em2d_mito"``:
+    ``configs/em2d.json``, then ``configs/em2d_mito.json``)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / f"{preset}.json")])
+    configs = ["inference", *preset.split("+")]
+    parser.read_config([str(BUNDLE / "configs" / f"{name}.json") for name in configs])
     return parser.get_parsed_content("network_def")
 
 
@@ -282,7 +294,7 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
     assert not (tmp_path / "x.pt").exists()
 
 
-@pytest.mark.parametrize("preset,weights", [("em2d", "em2d"), ("em3d", "em3d"), ("em2d", "em2d_mito")])
+@pytest.mark.parametrize("preset,weights", [("em2d", "em2d"), ("em3d", "em3d"), ("em2d+em2d_mito", "em2d_mito")])
 def test_shipped_em_weights_load_into_their_presets(preset, weights):
     network = _preset_network(preset)
     state = torch.load(BUNDLE / "models" / weights / "model.pt", map_location="cpu", weights_only=True)
@@ -291,7 +303,7 @@ def test_shipped_em_weights_load_into_their_presets(preset, weights):
 
 def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path):
     """Slice 20 is in the validation split of the shipped em2d weights (never trained on); measured membrane Dice
-    0.791 with the preset's test-time flips (0.772 in one pass, docs/figures/em2d_examples.png)."""
+    0.813 with the preset's test-time flips (docs/figures/em2d_examples.png)."""
     images, labels = isbi_pages
     (tmp_path / "in").mkdir()
     Image.fromarray(images[20]).save(tmp_path / "in" / "slice_20.png")
@@ -300,29 +312,28 @@ def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path)
     pred = np.asarray(Image.open(tmp_path / "out" / "slice_20_seg.png")) > 0
     membrane = labels[20] == 0
     dice = 2 * (pred & membrane).sum() / (pred.sum() + membrane.sum())
-    assert dice > 0.76, dice
+    assert dice > 0.79, dice
 
 
 def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_path):
     """Section 12 is in the validation sections (10-15) of models/em2d_mito (trained on sections 0-9); with the
-    preset's test-time flips the mitochondria IoU of the six validation sections pooled is 0.845 (docs, EM results),
-    of this one 0.807."""
+    preset's test-time flips the mitochondria IoU of the six validation sections pooled is 0.853 (docs, EM results),
+    of this one 0.822."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "section_12.tif").write_bytes((vnc_stack / "raw" / "12.tif").read_bytes())
-    run_bundle("run", "--config_file", "['configs/inference.json','configs/em2d.json']", "--ckpt_dir",
-               "models/em2d_mito", "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
-               "--progress_bar", "false")
+    run_bundle("run", "--config_file", "['configs/inference.json','configs/em2d.json','configs/em2d_mito.json']",
+               "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
     pred = np.squeeze(tifffile.imread(tmp_path / "out" / "section_12_seg.tif")) > 0
     mito = np.asarray(Image.open(vnc_stack / "mitochondria" / "12.png")) > 0
     assert pred.shape == mito.shape
     iou = (pred & mito).sum() / (pred | mito).sum()
-    assert iou > 0.78, iou
+    assert iou > 0.8, iou
 
 
 def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
     """Sections 10-15 are the validation sections of models/em3d (trained on sections 0-9): a 384x384 crop of them as a
-    TIFF stack, segmented in 3D with the preset's test-time flips: IoU 0.858 measured (the six whole sections pooled:
-    0.836)."""
+    TIFF stack, segmented in 3D with the preset's test-time flips: IoU 0.865 measured (the six whole sections pooled:
+    0.860)."""
     raw = np.stack([tifffile.imread(vnc_stack / "raw" / f"{k}.tif") for k in range(10, 16)])[:, 320:704, 320:704]
     mito = np.stack([np.asarray(Image.open(vnc_stack / "mitochondria" / f"{k}.png")) > 0 for k in range(10, 16)])
     mito = mito[:, 320:704, 320:704]
@@ -333,4 +344,4 @@ def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
     pred = tifffile.imread(tmp_path / "out" / "sections_seg.tif") > 0
     assert pred.shape == mito.shape
     iou = (pred & mito).sum() / (pred | mito).sum()
-    assert iou > 0.8, iou
+    assert iou > 0.84, iou

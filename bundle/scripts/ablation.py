@@ -180,7 +180,8 @@ class Scale:
     datalist's ``training`` split, ``None`` for all; ``select_images`` of them (``em_select_images`` of the ISBI 2012
     slices) are held out to pick the best checkpoint. ``num_epochs``/``em_epochs``: DSB2018/ISBI 2012 epochs.
     ``infer_roi``: DSB2018 sliding-window size at validation (a larger window than the training patch is faster;
-    ISBI 2012 keeps em2d.json's inferer)."""
+    ISBI 2012 keeps em2d.json's inferer). ``em_batch_size`` x ``em_samples_per_image``: ISBI 2012 patches per step
+    (the scale the published tables ran at, below em2d.json's GPU-sized 2 x 8)."""
 
     channels: tuple = (8, 16, 32, 64, 128)
     patch_size: tuple = (128, 128)
@@ -192,6 +193,8 @@ class Scale:
     train_images: int | None = 80
     select_images: int = 8
     em_select_images: int = 2
+    em_batch_size: int = 1
+    em_samples_per_image: int = 4
     num_workers: int = 0
 
 
@@ -235,9 +238,11 @@ def row_overrides(row: Row, scale: Scale, seed: int) -> list[str]:
         "--seed", str(int(seed)),
         "--progress_bar", "false",
     ]
-    if row.dataset != "isbi2012":  # em2d.json draws several patches per image with batch_size 1, has its inferer
+    if row.dataset != "isbi2012":  # em2d.json draws several patches per image and has its own inferer
         args += ["--batch_size", str(scale.batch_size),
                  "--validate#inferer#inferer#roi_size", json.dumps(list(scale.infer_roi))]
+    else:
+        args += ["--batch_size", str(scale.em_batch_size), "--samples_per_image", str(scale.em_samples_per_image)]
     return args
 
 

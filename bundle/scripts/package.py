@@ -36,7 +36,7 @@ WEIGHTS = (
     "models/ensemble/*.pt",
     "models/em2d/model.pt",  # EM presets (configs/em2d.json, configs/em3d.json)
     "models/em3d/model.pt",
-    "models/em2d_mito/model.pt",  # configs/em2d.json with --ckpt_dir models/em2d_mito: mitochondria, 2D
+    "models/em2d_mito/model.pt",  # configs/em2d.json + configs/em2d_mito.json: mitochondria, 2D
     "models/model.ts",
     "models/model.onnx",
 )
