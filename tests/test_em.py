@@ -263,14 +263,12 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     assert np.array_equal(seg, np.transpose(np.asarray(nii.dataobj), (2, 1, 0)))  # same result for both formats
 
 
-def _preset_network(preset: str) -> torch.nn.Module:
-    """The network ``inference.json`` builds with the preset's configs merged last (``"em2d+em2d_mito"``:
-    ``configs/em2d.json``, then ``configs/em2d_mito.json``)."""
+def _preset_network(*presets: str) -> torch.nn.Module:
+    """The network ``inference.json`` builds with ``configs/<preset>.json`` of each preset merged last, in order."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    configs = ["inference", *preset.split("+")]
-    parser.read_config([str(BUNDLE / "configs" / f"{name}.json") for name in configs])
+    parser.read_config([str(BUNDLE / "configs" / f"{name}.json") for name in ("inference", *presets)])
     return parser.get_parsed_content("network_def")
 
 
@@ -294,9 +292,11 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
     assert not (tmp_path / "x.pt").exists()
 
 
-@pytest.mark.parametrize("preset,weights", [("em2d", "em2d"), ("em3d", "em3d"), ("em2d+em2d_mito", "em2d_mito")])
-def test_shipped_em_weights_load_into_their_presets(preset, weights):
-    network = _preset_network(preset)
+@pytest.mark.parametrize(
+    "presets,weights", [(["em2d"], "em2d"), (["em3d"], "em3d"), (["em2d", "em2d_mito"], "em2d_mito")]
+)
+def test_shipped_em_weights_load_into_their_presets(presets, weights):
+    network = _preset_network(*presets)
     state = torch.load(BUNDLE / "models" / weights / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state))  # strict: every key and shape
 

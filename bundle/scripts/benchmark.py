@@ -24,7 +24,6 @@ the network's convolutions put on the training speed-up on this device.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -39,6 +38,8 @@ from typing import Any
 
 import fire
 import torch
+
+from scripts import quiet
 
 BUNDLE = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
@@ -561,15 +562,5 @@ def conv(
     return out
 
 
-def _cli(function):
-    """``function`` for ``fire``, which would otherwise print the returned dict after the JSON line."""
-
-    @functools.wraps(function)
-    def run(*args: Any, **kwargs: Any) -> None:
-        function(*args, **kwargs)
-
-    return run
-
-
 if __name__ == "__main__":
-    fire.Fire({name: _cli(f) for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu), ("conv", conv))})
+    fire.Fire({name: quiet(f) for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu), ("conv", conv))})

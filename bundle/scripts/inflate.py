@@ -14,6 +14,7 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 
+from scripts import quiet
 from scripts.networks import R2AttUNet, inflate_state_dict, mismatch_message
 from scripts.writers import atomic_path
 
@@ -66,15 +67,6 @@ def inflate(
     return difference
 
 
-def _cli(
-    weights: str,
-    output: str,
-    config_file: str | list[str] = ("configs/train.json", "configs/em3d.json"),
-    **overrides,
-) -> None:
-    inflate(weights, output, config_file, **overrides)  # ``fire`` would print the returned figure
-
-
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    fire.Fire(_cli)
+    fire.Fire(quiet(inflate))  # ``quiet``: not the returned figure, which the log line already gives

@@ -29,6 +29,7 @@ import torch
 from monai.metrics import ConfusionMatrixMetric, DiceMetric
 from PIL import Image
 
+from scripts import quiet
 from scripts.data import load_datalist
 
 __all__ = [
@@ -185,6 +186,7 @@ def logs(logs: dict, out: str) -> dict:
         c["best_step"], c["best_val_mean_dice"] = c["steps"][best], c["val_mean_dice"][best]
         ax.plot(c["steps"], c["val_mean_dice"], f"C{i}-o", markersize=3, label=f"{name} (best {c['best_val_mean_dice']:.3f})")
         ax.plot(c["best_step"], c["best_val_mean_dice"], f"C{i}*", markersize=12)
+        print(f"{name}: best validation mean Dice {c['best_val_mean_dice']:.4f} at step {c['best_step']}")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation mean Dice")
     ax.set_ylim(bottom=max(0.0, min(min(c["val_mean_dice"]) for c in curves.values()) - 0.02))
@@ -265,6 +267,6 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) > 1 and sys.argv[1] in ("volumes", "logs"):
-        fire.Fire({"volumes": volumes, "logs": logs}[sys.argv[1]], command=sys.argv[2:])
+        fire.Fire(quiet({"volumes": volumes, "logs": logs}[sys.argv[1]]), command=sys.argv[2:])
     else:
         fire.Fire(main)
