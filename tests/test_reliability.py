@@ -226,10 +226,12 @@ def test_new_training_starts_its_own_ensemble(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
-def test_finetune_starts_from_given_weights(tmp_path):
+@pytest.mark.parametrize("ema_momentum", ["0", "0.5"])
+def test_finetune_starts_from_given_weights(tmp_path, ema_momentum):
+    """With --ema_momentum the saved weights are the average, which must start from the fine-tuned weights too."""
     shipped = BUNDLE / "models" / "model.pt"
     out = run_bundle(*_train_args(tmp_path, 1), "--finetune", "True", "--finetune_model_path", str(shipped),
-                     "--learning_rate", "0.0").stdout
+                     "--learning_rate", "0.0", "--ema_momentum", ema_momentum).stdout
     assert f"Restored all variables from {shipped}" in out
     start = torch.load(shipped, map_location="cpu")
     tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
@@ -253,3 +255,32 @@ def test_state_saver_interval(tmp_path):
     assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_4.pt")
     with pytest.raises(ValueError, match="save_interval"):
         TrainingStateSaver(str(tmp_path), state, save_interval=0)
+
+
+def test_weight_ema_starts_at_training_start_and_resumes(tmp_path):
+    """WeightEMA: the average starts from the weights the network has when the trainer starts (after a fine-tune
+    load), follows ema = (1 - m) * ema + m * weights, and a resumed run keeps the average its checkpoint restored."""
+    from ignite.engine import Engine, Events
+    from scripts.handlers import WeightEMA
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = WeightEMA(net, momentum=0.5)  # copies the weights at construction, as the config parser does
+
+    def step(engine, batch):
+        with torch.no_grad():
+            net.weight += 1.0
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.STARTED, lambda e: torch.nn.init.constant_(net.weight, 2.0))  # the fine-tune load
+    ema.attach(engine)
+    engine.run([0, 0], max_epochs=1)
+    # weights 3, 4 after the two iterations: ema 2 -> 2.5 -> 3.25
+    assert float(ema.ema_model.weight) == pytest.approx(3.25)
+
+    resumed = Engine(step)
+    resumed.load_state_dict({"iteration": 2, "epoch_length": 2, "max_epochs": 2})
+    ema.ema_model.weight.data.fill_(10.0)  # as restored from the checkpoint's ema_model
+    ema.attach(resumed)
+    resumed.run([0, 0], max_epochs=2)
+    # weights 5, 6: ema 10 -> 7.5 -> 6.75
+    assert float(ema.ema_model.weight) == pytest.approx(6.75)

@@ -1,5 +1,6 @@
 """Engine handlers that MONAI and ignite lack: atomic full-state checkpoints for resuming, a stop on non-finite
-loss that names where it happened, and a weights loader whose error says which network the weights fit."""
+loss that names where it happened, a weights loader whose error says which network the weights fit, and a weight
+average that starts from fine-tuned weights."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import Checkpoint, DiskSaver, EMAHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from scripts import as_bool
 from scripts.networks import mismatch_message
 
-__all__ = ["SaverState", "TrainingStateSaver", "latest_checkpoint", "StopOnNonFiniteLoss", "WeightsLoader"]
+__all__ = ["SaverState", "TrainingStateSaver", "latest_checkpoint", "StopOnNonFiniteLoss", "WeightsLoader", "WeightEMA"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +141,24 @@ class WeightsLoader(CheckpointLoader):
                 state = state.get(next(iter(self.load_dict)), state)
             net = next(iter(self.load_dict.values()))
             raise RuntimeError(mismatch_message(self.load_path, state, getattr(net, "module", net))) from e
+
+
+class WeightEMA(EMAHandler):
+    """ignite's :class:`~ignite.handlers.EMAHandler` (``ema = (1 - momentum) * ema + momentum * weights`` after each
+    iteration, buffers averaged too) whose average starts from the network's weights when the trainer starts, that
+    is after a ``--finetune`` load, not from the weights it had when the configuration was parsed. A resumed run
+    (iteration > 0 at start) keeps the average its checkpoint restored. ``ema_model`` is the averaged copy.
+
+    Attach it after the trainer's weight loaders, so that its start handler runs after theirs.
+    """
+
+    def __init__(self, model: torch.nn.Module, momentum: float = 0.001) -> None:
+        super().__init__(model, momentum=momentum, handle_buffers="update")
+
+    def attach(self, engine: Engine, name: str = "ema_momentum") -> None:  # type: ignore[override]
+        super().attach(engine, name=name, warn_if_exists=False)
+        engine.add_event_handler(Events.STARTED, self._start)
+
+    def _start(self, engine: Engine) -> None:
+        if engine.state.iteration == 0:
+            self.ema_model.load_state_dict(self.model.state_dict())
