@@ -26,7 +26,7 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
     out = torchrun(
         "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
         "--logging_file", "configs/logging.conf",
-        "--num_epochs", "1", "--num_workers", "0", "--progress_bar", "False",
+        "--num_epochs", "1", "--num_workers", "0", "--progress_bar", "False", "--ema_momentum", "0.5",
         "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "runs"),
     )
     assert "process 0 of 2 on cpu, backend gloo" in out and "process 1 of 2 on cpu, backend gloo" in out
@@ -38,12 +38,14 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
     assert len(list((models / "ensemble").glob("model_key_metric=*.pt"))) == 1
     assert [p.name for p in (models / "checkpoints").glob("*.pt")] == ["checkpoint_1.pt"]
+    # the weight average (--ema_momentum) of the unwrapped network is saved and kept in the training state
+    assert "ema_model" in torch.load(models / "checkpoints" / "checkpoint_1.pt", weights_only=False)
 
     # resume under torchrun: every process restores the state, training continues at epoch 2
     out = torchrun(
         "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
         "--logging_file", "configs/logging.conf",
-        "--num_epochs", "2", "--num_workers", "0", "--progress_bar", "False", "--resume", "True",
+        "--num_epochs", "2", "--num_workers", "0", "--progress_bar", "False", "--resume", "True", "--ema_momentum", "0.5",
         "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "runs"),
     )
     # only rank 0 logs; had rank 1 not resumed too, it would run epoch 1 alone and the collectives would not match
