@@ -345,3 +345,12 @@ def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
     assert pred.shape == mito.shape
     iou = (pred & mito).sum() / (pred | mito).sum()
     assert iou > 0.84, iou
+
+
+def test_report_names_an_unparsed_dict_option():
+    """fire hands `--preds "{'a': runs/a.nii.gz}"` (unquoted path) over as a string: the error says how to quote it."""
+    from scripts.report import volumes
+
+    for fn, option in ((lambda v: volumes("label.nii.gz", v, "out.png"), "preds"), (lambda v: report_logs(v, "o.png"), "logs")):
+        with pytest.raises(ValueError, match=f"--{option} must be a dict of name: path with each path quoted"):
+            fn("{'a': runs/a.nii.gz}")

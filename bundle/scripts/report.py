@@ -21,7 +21,9 @@ import json
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import fire
 import numpy as np
@@ -171,9 +173,20 @@ def parse_log(path: str | os.PathLike) -> dict:
             "val_mean_dice": [points[e] for e in epochs]}
 
 
+def _named_paths(value: Any, option: str) -> dict:
+    """``value`` as given on the command line for ``option``: it must have been parsed into a dict of name: path."""
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(
+            f"--{option} must be a dict of name: path with each path quoted, e.g. "
+            f"--{option} \"{{'A': 'runs/a.nii.gz', 'B': 'runs/b.nii.gz'}}\"; got {value!r}."
+        )
+    return dict(value)
+
+
 def logs(logs: dict, out: str) -> dict:
     """Figure ``out`` (PNG) of the validation Dice against training steps of each training log in ``logs`` (name:
     path), with each run's best marked; the curves go to ``<out>.json``."""
+    logs = _named_paths(logs, "logs")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,6 +251,7 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
     ground truth, then each prediction's errors (green: true positive, red: false positive, blue: false negative)."""
     import nibabel as nib
 
+    preds = _named_paths(preds, "preds")
     truth = np.asarray(nib.load(label).dataobj) > 0
     volumes_ = {name: np.asarray(nib.load(path).dataobj) > 0 for name, path in preds.items()}
     report = {name: score_volume(v, truth) for name, v in volumes_.items()}
