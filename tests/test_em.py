@@ -354,3 +354,53 @@ def test_report_names_an_unparsed_dict_option():
     for fn, option in ((lambda v: volumes("label.nii.gz", v, "out.png"), "preds"), (lambda v: report_logs(v, "o.png"), "logs")):
         with pytest.raises(ValueError, match=f"--{option} must be a dict of name: path with each path quoted"):
             fn("{'a': runs/a.nii.gz}")
+
+
+def test_report_tolerance_hand_computed():
+    """scripts.report tolerance on a 4-px band (rows 4-27, columns 10-13) against a prediction 1 px wider on the left
+    plus a far 2x2 blob: TP 96, FP 28 (24 near the label, 4 far), FN 0; counts worked out by hand."""
+    from scripts.report import score_tolerance
+
+    label = np.zeros((32, 32), bool)
+    label[4:28, 10:14] = True
+    pred = label.copy()
+    pred[4:28, 9] = True
+    pred[1:3, 25:27] = True
+    s = score_tolerance([(pred, label)], pixels=(1, 2))
+    assert s["pooled Dice"] == pytest.approx(192 / 220)
+    assert s["errors within 1"] == pytest.approx(24 / 28) and s["errors within 2"] == pytest.approx(24 / 28)
+    assert s["Dice forgiving 1"] == pytest.approx(192 / 196)
+    # eroded by 1: columns 11-12, rows 5-26 (44 px); dilated by 1: columns 9-14 x 24 rows + 4 px above and below (152)
+    assert s["label eroded 1"] == pytest.approx(88 / 140) and s["label dilated 1"] == pytest.approx(192 / 248)
+    # eroded by 2: nothing is 3 px from the outside; dilated by 2: columns 8-15 x 24 rows + (6 + 4) above and below
+    assert s["label eroded 2"] == 0 and s["label dilated 2"] == pytest.approx(192 / 308)
+    assert 0 < s["surface Dice 1"] < 1  # the blob's edge is far from the label's
+    band = label.copy()
+    band[4:28, 9] = True
+    wider = score_tolerance([(band, label)], pixels=(0.5, 1))
+    assert wider["surface Dice 1"] == pytest.approx(1.0) and wider["surface Dice 0.5"] < 1
+    assert wider["errors within 1"] == 1 and wider["Dice forgiving 1"] == 1
+
+
+def test_report_tolerance_on_isbi_labels(isbi_pages, tmp_path):
+    """`python -m scripts.report tolerance` on ISBI slices 20-24 with the labels as predictions: Dice 1, and the labels
+    drawn 1 px narrower on each side score 0.8500 against themselves (docs, EM results), 1 px wider 0.887."""
+    _, labels = isbi_pages
+    items = []
+    for k in range(20, 25):
+        membrane = np.where(labels[k] == 0, 255, 0).astype(np.uint8)  # ISBI labels: membrane = 0
+        Image.fromarray(membrane).save(tmp_path / f"slice_{k}.png")
+        (tmp_path / "pred").mkdir(exist_ok=True)
+        Image.fromarray(membrane).save(tmp_path / "pred" / f"slice_{k}_seg.png")
+        items.append({"image": str(tmp_path / f"slice_{k}.png"), "label": str(tmp_path / f"slice_{k}.png")})
+    (tmp_path / "datalist.json").write_text(json.dumps({"validation": items}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.report", "tolerance", "--datalist", str(tmp_path / "datalist.json"),
+         "--pred_dir", str(tmp_path / "pred"), "--pixels", "1", "--out", str(tmp_path / "tolerance.json")],
+        cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| pooled Dice | errors within 1 |" in proc.stdout
+    s = json.loads((tmp_path / "tolerance.json").read_text())["scores"]
+    assert s["pooled Dice"] == 1 and s["Dice forgiving 1"] == 1 and s["surface Dice 1"] == pytest.approx(1)
+    assert s["label eroded 1"] == pytest.approx(0.8500, abs=5e-4) and s["label dilated 1"] == pytest.approx(0.8872, abs=5e-4)

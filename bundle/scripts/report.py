@@ -7,6 +7,10 @@ For volumes (EM stacks), ``python -m scripts.report volumes --label L.nii.gz --i
 --preds "{'3D': 'O3/x_seg.nii.gz', '2D slice by slice': 'O2/x_seg.nii.gz'}" --out docs/figures/em3d.png`` scores each
 segmented volume against the label volume and draws sections with their errors.
 
+``python -m scripts.report tolerance --datalist D/datalist.json --key validation --pred_dir O`` measures how much of the
+disagreement with the labels lies within a pixel or two of the other mask (thin structures such as EM membranes, whose
+labelled width is a convention) and what a width off by that much costs a perfect segmentation.
+
 ``python -m scripts.report logs --logs "{'2D': 'train2d.log', '3D': 'train3d.log'}" --out curves.png`` draws the
 validation Dice of trainings against their training steps from what ``monai.bundle run`` printed (its log file or
 redirected output), for runs whose TensorBoard files are not at hand.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +33,8 @@ from typing import Any
 import fire
 import numpy as np
 import torch
-from monai.metrics import ConfusionMatrixMetric, DiceMetric
+from monai.metrics import ConfusionMatrixMetric, DiceMetric, SurfaceDiceMetric
+from monai.transforms.utils import distance_transform_edt
 from PIL import Image
 
 from scripts import quiet
@@ -36,6 +42,7 @@ from scripts.data import load_datalist
 
 __all__ = [
     "score_predictions", "plot_examples", "plot_training_curves", "main", "score_volume", "volumes", "parse_log", "logs",
+    "score_tolerance", "tolerance",
 ]
 
 _POOLED = ("f1 score", "precision", "sensitivity", "accuracy", "threat score")
@@ -277,10 +284,83 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
     return report
 
 
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels) of every pixel of a 2D mask to its nearest foreground pixel (inf without one)."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf)
+    return np.asarray(distance_transform_edt((~mask)[None]))[0]
+
+
+def score_tolerance(pairs: list[tuple[np.ndarray, np.ndarray]], pixels: tuple[float, ...] = (1, 2)) -> dict:
+    """Boundary tolerance of binary 2D ``(prediction, label)`` pairs, pooled over the pairs; for each distance ``d``
+    (Euclidean, pixels) in ``pixels``:
+
+    - ``errors within d``: share of the wrong pixels that lie within ``d`` of the other mask (a false positive within
+      ``d`` of the label, a false negative within ``d`` of the prediction): a boundary drawn up to ``d`` pixels off;
+    - ``Dice forgiving d``: the pooled Dice with those errors not counted;
+    - ``surface Dice d``: MONAI's normalised surface Dice with tolerance ``d``, mean over the pairs;
+    - ``label eroded d``, ``label dilated d``: the pooled Dice of each label against itself drawn ``d`` pixels
+      narrower (wider) on every side, i.e. what a width convention off by ``d`` costs a perfect segmentation.
+    """
+    tp = fp = fn = 0
+    near = {d: [0, 0] for d in pixels}  # d: [near false positives, near false negatives]
+    width = {d: [0, 0] for d in pixels}  # d: [size of the eroded labels, size of the dilated labels]
+    surface = {d: SurfaceDiceMetric(class_thresholds=[float(d)], include_background=False) for d in pixels}
+    label_size = 0
+    for pred, label in pairs:
+        pred, label = np.asarray(pred) > 0, np.asarray(label) > 0
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}")
+        tp += int((pred & label).sum())
+        fp_mask, fn_mask = pred & ~label, label & ~pred
+        fp, fn, label_size = fp + int(fp_mask.sum()), fn + int(fn_mask.sum()), label_size + int(label.sum())
+        to_label, to_pred, to_outside = _distance_to(label), _distance_to(pred), _distance_to(~label)
+        one_hot = [torch.from_numpy(np.stack([~m, m]))[None].float() for m in (pred, label)]
+        for d in pixels:
+            near[d][0] += int((fp_mask & (to_label <= d)).sum())
+            near[d][1] += int((fn_mask & (to_pred <= d)).sum())
+            width[d][0] += int((label & (to_outside > d)).sum())
+            width[d][1] += int((to_label <= d).sum())
+            with warnings.catch_warnings():  # MONAI 1.6 passes its own deprecated always_return_as_numpy
+                warnings.simplefilter("ignore", FutureWarning)
+                surface[d](*one_hot)
+    scores = {"pooled Dice": 2 * tp / max(2 * tp + fp + fn, 1)}
+    for d in pixels:
+        far = fp + fn - sum(near[d])
+        scores[f"errors within {d}"] = sum(near[d]) / max(fp + fn, 1)
+        scores[f"Dice forgiving {d}"] = 2 * tp / max(2 * tp + far, 1)
+        scores[f"surface Dice {d}"] = float(surface[d].aggregate())
+        # an eroded label lies inside the label, a dilated one around it: the overlap is the smaller of the two
+        scores[f"label eroded {d}"] = 2 * width[d][0] / max(width[d][0] + label_size, 1)
+        scores[f"label dilated {d}"] = 2 * label_size / max(width[d][1] + label_size, 1)
+    return scores
+
+
+def tolerance(datalist: str, pred_dir: str, key: str = "validation", pixels: tuple = (1, 2), out: str | None = None) -> dict:
+    """:func:`score_tolerance` of ``<pred_dir>/<stem>_seg.png`` against the labels of the ``key`` split, printed as a
+    table and, with ``out``, written to that JSON file."""
+    pred_dir = Path(pred_dir)
+    pairs = []
+    for it in load_datalist(datalist, key):
+        stem = Path(it["image"]).stem
+        pred, label = _mask(pred_dir / f"{stem}_seg.png")[0, 0].numpy(), _mask(it["label"])[0, 0].numpy()
+        if pred.shape != label.shape:
+            raise ValueError(f"{pred_dir / (stem + '_seg.png')}: size {pred.shape} differs from label {label.shape}")
+        pairs.append((pred, label))
+    pixels = tuple(pixels) if isinstance(pixels, (list, tuple)) else (pixels,)
+    scores = score_tolerance(pairs, pixels)
+    print("| " + " | ".join(scores) + " |\n" + "|---" * len(scores) + "|\n| " + " | ".join(f"{v:.4f}" for v in scores.values()) + " |")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"split": key, "images": len(pairs), "scores": scores}, indent=4))
+    return scores
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) > 1 and sys.argv[1] in ("volumes", "logs"):
-        fire.Fire(quiet({"volumes": volumes, "logs": logs}[sys.argv[1]]), command=sys.argv[2:])
+    commands = {"volumes": volumes, "logs": logs, "tolerance": tolerance}
+    if len(sys.argv) > 1 and sys.argv[1] in commands:
+        fire.Fire(quiet(commands[sys.argv[1]]), command=sys.argv[2:])
     else:
         fire.Fire(main)
