@@ -141,7 +141,23 @@ def test_stack_reader_and_writer_round_trip(tmp_path):
     writer.write(tmp_path / "out" / "v_seg.png")
     nii = nib.load(tmp_path / "out" / "v_seg.nii.gz")
     assert np.array_equal(np.asarray(nii.dataobj), xyz) and np.allclose(nii.affine, affine)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s_seg.tif", "v_seg.nii.gz"]  # no partial files
+    writer.set_metadata({"filename_or_obj": str(tmp_path / "sec.01.tif")})  # a dotted name keeps its dots
+    writer.write(tmp_path / "out" / "sec.01_seg.png")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s_seg.tif", "sec.01_seg.tif", "v_seg.nii.gz"]  # no partial files
+
+
+def test_planar_colour_tiff_is_read_as_one_page_with_a_warning(tmp_path, caplog):
+    """tifffile writes a (3, Y, X) uint8 array as one planar RGB page unless told otherwise: it is one colour image,
+    and the reader says how to write sections as pages."""
+    from scripts.readers import read_stack
+
+    tifffile.imwrite(tmp_path / "three.tif", np.zeros((3, 16, 16), np.uint8), photometric="rgb", planarconfig="separate")
+    with caplog.at_level("WARNING", logger="scripts.readers"):
+        assert read_stack(tmp_path / "three.tif").shape == (1, 16, 16)
+    assert "three.tif: one page of 3 planar colour samples" in caplog.text and "photometric='minisblack'" in caplog.text
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
+    caplog.clear()
+    assert read_stack(tmp_path / "pages.tif").shape == (3, 16, 16) and "planar" not in caplog.text
 
 
 def test_checks_name_stacks_and_volumes(tmp_path):
@@ -152,6 +168,15 @@ def test_checks_name_stacks_and_volumes(tmp_path):
     with pytest.raises(ValueError, match="no readable input"):
         InputCheck(items)  # a 2D configuration refuses stacks, naming the presets
     assert len(InputCheck(items, stacks=True).good) == 2
+    # inputs whose outputs would share a name: the second is refused, named with the first
+    tifffile.imwrite(tmp_path / "vol.tif", np.zeros((3, 32, 32), np.uint8), photometric="minisblack")
+    check = InputCheck(items + [{"image": str(tmp_path / "vol.tif")}], stacks=True)
+    assert len(check.good) == 2 and "would overwrite those of" in str(check.bad[0]) and "vol.nii.gz" in str(check.bad[0])
+    # the output folder is the input folder: earlier outputs are not segmented again
+    tifffile.imwrite(tmp_path / "stack_seg.tif", np.zeros((3, 32, 32), np.uint8), photometric="minisblack")
+    rerun = items + [{"image": str(tmp_path / "stack_seg.tif")}]
+    assert len(InputCheck(rerun, stacks=True, output_dir=str(tmp_path)).good) == 2
+    assert len(InputCheck(rerun, stacks=True, output_dir=str(tmp_path / "elsewhere")).good) == 3
     problems = check_datalist([{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}], stacks=True)
     assert any("lab.nii.gz: mask size (32, 30, 4) differs from image size (32, 32, 4)" in str(p) for p in problems)
 

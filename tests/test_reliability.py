@@ -64,10 +64,14 @@ def test_training_refuses_invalid_data_unless_told(tmp_path):
     args = ["run", "--config_file", "configs/train.json", "--dataset_dir", str(tmp_path / "data"),
             "--num_epochs", "1", "--num_workers", "0", "--progress_bar", "False",
             "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs")]
+    earlier = tmp_path / "models" / "ensemble" / "model_key_metric=0.9.pt"  # an earlier training's ensemble
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("x")
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "truncated.png: unreadable or truncated image" in proc.stderr + proc.stdout
     assert "--skip_bad_samples true" in proc.stderr + proc.stdout
+    assert earlier.is_file()  # a training that never started leaves the earlier ensemble alone
     data = tmp_path / "data"
     for sub in ("images", "labels"):  # a second valid sample
         (data / sub / "deep2.png").write_bytes((data / sub / "deep.png").read_bytes())
@@ -75,8 +79,11 @@ def test_training_refuses_invalid_data_unless_told(tmp_path):
     datalist["training"].append({"image": "images/deep2.png", "label": "labels/deep2.png"})
     datalist["validation"] = [{"image": "images/deep2.png", "label": "labels/deep2.png"}]
     (data / "datalist.json").write_text(json.dumps(datalist))
-    out = run_bundle(*args, "--skip_bad_samples", "True", "--batch_size", "1", "--logging_file", "configs/logging.conf")
+    # 3 usable samples, fewer than a batch (4): one smaller batch an epoch rather than none
+    out = run_bundle(*args, "--skip_bad_samples", "True", "--logging_file", "configs/logging.conf")
     assert "skipped" in out.stdout + out.stderr and (tmp_path / "models" / "model.pt").is_file()
+    assert "Epoch[1] Complete" in out.stdout + out.stderr and "skip the `run`" not in out.stdout + out.stderr
+    assert not earlier.exists() and len(list(earlier.parent.glob("model_key_metric=*.pt"))) == 1  # this training's own
 
 
 def test_check_commands(tmp_path, dsb2018_dir):
@@ -101,7 +108,8 @@ def test_inference_skips_bad_files_and_exits_nonzero(tmp_path):
     assert [os.path.basename(it["image"]) for it in check.good] == ["good.png"]
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True", "--ensemble", "False",
+         "--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True", "--ensemble", "false",
+         "--save_overlay", "false", "--save_probabilities", "false",  # lower-case flags are flags too
          "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")],
         cwd=BUNDLE, capture_output=True, text=True)
     assert proc.returncode != 0
@@ -224,6 +232,19 @@ def test_new_training_starts_its_own_ensemble(tmp_path):
     assert len(list(tmp_path.iterdir())) == 3  # a resumed training keeps its ensemble
     reset_ensemble(str(tmp_path), resume=False)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_finetune_without_weights_names_the_option_and_keeps_the_ensemble(tmp_path):
+    earlier = tmp_path / "new" / "ensemble" / "model_key_metric=0.9.pt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--finetune", "true",
+         "--ckpt_dir", str(tmp_path / "new"), "--output_dir", str(tmp_path / "runs")],
+        cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"--finetune true: no weights at finetune_model_path {tmp_path / 'new'}/model.pt" in proc.stderr
+    assert "--finetune_model_path models/model.pt" in proc.stderr and earlier.is_file()
 
 
 @pytest.mark.parametrize("ema_momentum", ["0", "0.5"])

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from scripts import as_bool
-from scripts.data import list_images, load_datalist
+from scripts.data import IMAGE_SUFFIXES, list_images, load_datalist
 
 __all__ = ["Problem", "check_image", "check_datalist", "check_dsb2018", "validated", "InputCheck"]
 
@@ -210,20 +210,43 @@ def validated(
     return kept
 
 
+OUTPUT_POSTFIXES = ("_seg", "_prob", "_overlay")  # what inference.json writes next to <name>
+
+
+def _base_name(name: str) -> str:
+    """A file name without its image suffix (``x.nii.gz`` -> ``x``), as the writers name outputs after it."""
+    lower = name.lower()
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 class InputCheck:
     """Inference inputs split into readable ones (``good``) and the others (``bad``, with reasons), so that a folder
     run segments every good file and :meth:`raise_if_bad` (in ``finalize``) exits non-zero naming the bad ones.
-    ``stacks``: multi-page TIFF stacks and NIfTI volumes are inputs too (EM presets), not problems."""
+    ``stacks``: multi-page TIFF stacks and NIfTI volumes are inputs too (EM presets), not problems. Two inputs whose
+    outputs would share a name (``x.png``, ``x.jpg``) are a problem for the second; with ``output_dir`` the same folder
+    as the inputs, earlier outputs (``*_seg``, ``*_prob``, ``*_overlay``) are not inputs."""
 
-    def __init__(self, items: list[dict], stacks: bool = False) -> None:
+    def __init__(self, items: list[dict], stacks: bool = False, output_dir: str | None = None) -> None:
         self.good: list[dict] = []
         self.bad: list[Problem] = []
+        outputs: dict[str, str] = {}  # output name (input name without its suffix) -> the input that writes it
         for it in items:
+            path = Path(it["image"])
+            base = _base_name(path.name)
+            if output_dir is not None and path.parent.resolve() == Path(output_dir).resolve() and base.endswith(OUTPUT_POSTFIXES):
+                logger.info(f"skipping {path}: an output of an earlier run (the output folder is the input folder)")
+                continue
             fatal = [p for p in check_image(it["image"], stacks)[0] if p.fatal]
+            if not fatal and base in outputs:
+                fatal = [Problem(str(path), f"its outputs ({base}_seg.*) would overwrite those of {outputs[base]}; rename one of them")]
             if fatal:
                 self.bad += fatal
                 logger.error(f"skipping {fatal[0]}")
             else:
+                outputs[base] = str(path)
                 self.good.append(it)
         if not self.good:
             raise ValueError(_report(self.bad, "no readable input") if self.bad else "no input")

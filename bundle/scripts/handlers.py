@@ -22,7 +22,10 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from scripts import as_bool
 from scripts.networks import mismatch_message
 
-__all__ = ["SaverState", "TrainingStateSaver", "latest_checkpoint", "StopOnNonFiniteLoss", "WeightsLoader", "WeightEMA"]
+__all__ = [
+    "SaverState", "TrainingStateSaver", "latest_checkpoint", "resume_path", "require_weights", "StopOnNonFiniteLoss",
+    "WeightsLoader", "WeightEMA",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,18 @@ def resume_path(save_dir: str, resume: bool | str) -> str | None:
         raise FileNotFoundError(f"--resume: no training checkpoint ({_STATE_PATTERN}) in {save_dir}.")
     logger.info(f"resuming training from {path}")
     return path
+
+
+def require_weights(path: str, ckpt_dir: str) -> bool:
+    """``--finetune true``: an error before training starts when the weights to start from are missing (they default
+    to ``<ckpt_dir>/model.pt``, which a new ``--ckpt_dir`` does not hold yet)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"--finetune true: no weights at finetune_model_path {path} (it defaults to <ckpt_dir>/model.pt, here "
+            f"{os.path.join(ckpt_dir, 'model.pt')}); to start from the shipped weights while writing to another "
+            "--ckpt_dir, pass --finetune_model_path models/model.pt (or the preset's models/<name>/model.pt)."
+        )
+    return True
 
 
 class StopOnNonFiniteLoss:

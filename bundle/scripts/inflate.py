@@ -29,7 +29,7 @@ def inflate(
 ) -> float:
     """Write 3D weights inflated from the 2D ``weights``; returns the largest difference between the 3D network's
     logits and the 2D network's, section by section, on a random ``(1, 1, 64, 64, 4)`` stack in float64 (about
-    1e-8 when the 3D network pools only in plane)."""
+    1e-14 when the 3D network pools only in plane)."""
     parser = ConfigParser()
     parser.read_config(list(config_file) if not isinstance(config_file, str) else config_file)
     parser.update(overrides)

@@ -9,6 +9,7 @@ writes the result back in the input's format. NIfTI volumes are read by MONAI's 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = ["STACK_SUFFIXES", "StackReader", "read_stack"]
 
 STACK_SUFFIXES = ("tif", "tiff", "png", "jpg", "jpeg", "bmp")
 
+logger = logging.getLogger(__name__)
+
 
 def read_stack(path: str | os.PathLike) -> np.ndarray:
     """Pixels of an image or image stack as ``(Z, Y, X)`` (``Z = 1`` for one image); colour converted to gray.
@@ -41,6 +44,12 @@ def read_stack(path: str | os.PathLike) -> np.ndarray:
                 array = series.asarray()
                 axes = series.axes
             if "S" in axes:  # RGB(A) samples, contiguous or planar: to gray like the 2D reader
+                if axes.index("S") < axes.index("Y"):  # planar: what tifffile writes for a (3|4, Y, X) array by default
+                    logger.warning(
+                        f"{path}: one page of {array.shape[axes.index('S')]} planar colour samples, read as a colour "
+                        "image and converted to gray; if these are sections of a stack, write it as pages (tifffile: "
+                        "photometric='minisblack', or imagej=True)."
+                    )
                 rgb = np.moveaxis(array, axes.index("S"), -1)
                 array = np.asarray(
                     [np.asarray(to_grayscale(Image.fromarray(p.astype(np.uint8)))) for p in rgb.reshape(-1, *rgb.shape[-3:])]

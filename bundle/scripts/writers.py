@@ -84,7 +84,8 @@ class AtomicStackWriter(ImageWriter):
     def write(self, filename, verbose: bool = False, **kwargs) -> None:
         source = self.source.lower()
         target = Path(filename)
-        stem = target.name[: -len("".join(target.suffixes))] if target.suffixes else target.name
+        # only the suffix SaveImaged added: ``sec.01.tif`` -> ``sec.01_seg.png`` -> ``sec.01_seg``
+        stem = target.name[: -len(".nii.gz")] if target.name.lower().endswith(".nii.gz") else target.stem
         data = self.data_obj
         if self.scale:
             data = np.clip(data, 0.0, 1.0) * self.scale
