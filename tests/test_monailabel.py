@@ -7,6 +7,7 @@ environment, built by ``.ci/monailabel_env`` (which ``.ci/run`` calls); without 
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -133,8 +134,10 @@ def test_trains_one_epoch_through_the_rest_api(server):
         time.sleep(2)
     details = "\n".join(status.get("details", []))
     assert status.get("status") == "DONE", details[-4000:]
-    assert "Restored all variables from" in details  # started from the shipped weights (pretrained)
-    assert "val_mean_dice" in details
+    # started from the shipped weights (pretrained): one epoch from scratch on the sample validates at about 0.19
+    # (details keeps the last 20 log lines only, which need not include the loader's "Restored all variables")
+    dice = re.findall(r"val_mean_dice: ([0-9.]+)", details)
+    assert dice and float(dice[-1]) > 0.6, details[-4000:]
     # the new best model replaces models/model.pt; its checkpoint ensemble stays outside models/*.pt
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns > before
     assert [p.name for p in (bundle / "models").glob("*.pt")] == ["model.pt"]

@@ -157,9 +157,12 @@ def reset_ensemble(ensemble_dir: str, resume: bool | str = False) -> None:
     checkpoints of this training."""
     if as_bool(resume):
         return
-    for f in glob.glob(os.path.join(ensemble_dir, "model_key_metric=*.pt")):
+    removed = []
+    for f in sorted(glob.glob(os.path.join(ensemble_dir, "model_key_metric=*.pt"))):
         try:
             os.remove(f)
-            logger.info(f"removed {f} from the checkpoint ensemble of an earlier training")
+            removed.append(os.path.basename(f))
         except FileNotFoundError:  # another process of a distributed run removed it first
             pass
+    if removed:
+        logger.info(f"removed the checkpoint ensemble of an earlier training from {ensemble_dir}: {', '.join(removed)}")
