@@ -267,22 +267,30 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     overrides = {"network_def#channels": [4, 8, 16, 32, 64]}
     assert inflate(str(tmp_path / "flat.pt"), str(tmp_path / "init.pt"), configs, **overrides) < 1e-6
     run_bundle("run", "--config_file", "['configs/train.json','configs/em3d.json']", "--dataset_dir", str(data),
-               "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "runs"), *TINY_3D, "--num_epochs", "2",
+               "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "runs"), *TINY_3D, "--num_epochs", "3",
                "--val_interval", "2", "--checkpoint_interval", "2", "--progress_bar", "false", "--num_workers", "0",
                "--memory_saving", "true",
                "--finetune", "true", "--finetune_model_path", str(tmp_path / "init.pt"))
     assert (out / "models" / "model.pt").is_file()
-    state = torch.load(out / "models" / "checkpoints" / "checkpoint_2.pt", weights_only=False)
-    assert state["lr_scheduler"]["last_epoch"] == 1  # the plateau schedule steps once per validation, not per epoch
+    # 3 epochs, validation every 2: validated at 2 and after the last epoch, whose state is saved too
+    assert [p.name for p in (out / "models" / "checkpoints").iterdir()] == ["checkpoint_3.pt"]
+    state = torch.load(out / "models" / "checkpoints" / "checkpoint_3.pt", weights_only=False)
+    assert state["lr_scheduler"]["last_epoch"] == 2  # the plateau schedule steps once per validation, not per epoch
     src = tmp_path / "in"
     src.mkdir()
     volume = nib.load(data / "images" / "validation.nii.gz")
+    volume.header.set_xyzt_units("micron")  # as scripts.prepare vnc writes them
     nib.save(volume, src / "vol.nii.gz")
     tifffile.imwrite(src / "stack.tif", np.transpose(np.asarray(volume.dataobj), (2, 1, 0)), photometric="minisblack")
     run_bundle("run", "--config_file", "['configs/inference.json','configs/em3d.json']", "--ckpt_dir", str(out / "models"),
-               *TINY_3D, "--dataset_dir", str(src), "--output_dir", str(tmp_path / "seg"), "--progress_bar", "false")
+               *TINY_3D, "--dataset_dir", str(src), "--output_dir", str(tmp_path / "seg"), "--progress_bar", "false",
+               "--save_overlay", "true")
     nii = nib.load(tmp_path / "seg" / "vol_seg.nii.gz")
     assert nii.shape == volume.shape and np.allclose(nii.affine, volume.affine)
+    assert nii.header.get_xyzt_units()[0] == "micron" and nii.header["sform_code"] == volume.header["sform_code"]
+    # overlays in the input's format: RGB24 NIfTI, RGB TIFF pages
+    assert nib.load(tmp_path / "seg" / "vol_overlay.nii.gz").shape == volume.shape
+    assert tifffile.imread(tmp_path / "seg" / "stack_overlay.tif").shape == (2, 64, 64, 3)
     seg = tifffile.imread(tmp_path / "seg" / "stack_seg.tif")
     assert seg.shape == (2, 64, 64) and seg.dtype == np.uint8
     assert np.array_equal(seg, np.transpose(np.asarray(nii.dataobj), (2, 1, 0)))  # same result for both formats
@@ -429,3 +437,63 @@ def test_report_tolerance_on_isbi_labels(isbi_pages, tmp_path):
     s = json.loads((tmp_path / "tolerance.json").read_text())["scores"]
     assert s["pooled Dice"] == 1 and s["Dice forgiving 1"] == 1 and s["surface Dice 1"] == pytest.approx(1)
     assert s["label eroded 1"] == pytest.approx(0.8500, abs=5e-4) and s["label dilated 1"] == pytest.approx(0.8872, abs=5e-4)
+
+
+def test_stack_checks_name_what_is_wrong(tmp_path, caplog):
+    """EM inputs: counts by file, stack sizes, one message per unreadable file, mask values, (Z, Y, X) NIfTI, the
+    `python -m scripts.check ... --stacks true` commands, and 16-bit colour TIFFs read without wrapping."""
+    from scripts.readers import read_stack
+
+    vol = np.random.default_rng(0).integers(0, 255, (32, 32, 4), dtype=np.uint8)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "vol.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 4, 2), np.uint8), np.eye(4)), tmp_path / "four_d.nii.gz")
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((2, 4, 4), np.uint8), photometric="minisblack")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not a tiff")
+    items = [{"image": str(tmp_path / n)} for n in ("vol.nii.gz", "four_d.nii.gz", "small.tif", "broken.tif")]
+    check = InputCheck(items, stacks=True)
+    assert len(check.good) == 1 and len(check.bad) == 3  # one problem per file: no spurious channel errors
+    assert "volume of shape (2, 4, 4) is empty or smaller than 8x8" in str(check.bad[1])
+    assert str(check.bad[2]).count("unreadable") == 1
+    with pytest.raises(SystemExit, match=r"3 input\(s\) not segmented \(1 written\)"):
+        check.raise_if_bad()
+    # a NIfTI saved as (Z, Y, X): a note; masks with more than two values: a note naming them
+    nib.save(nib.Nifti1Image(np.zeros((4, 64, 64), np.uint8), np.eye(4)), tmp_path / "zyx.nii.gz")
+    with caplog.at_level("WARNING", logger="scripts.check"):
+        InputCheck([{"image": str(tmp_path / "zyx.nii.gz")}], stacks=True)
+    assert "if it was saved as (Z, Y, X), transpose it" in caplog.text
+    nib.save(nib.Nifti1Image(np.where(vol > 200, 7, np.where(vol > 100, 300, 0)).astype(np.uint16), np.eye(4)), tmp_path / "ids.nii.gz")
+    problems = check_datalist([{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "ids.nii.gz")}], stacks=True)
+    assert any("mask with 3 values (0, 7, 300)" in str(p) and not p.fatal for p in problems)
+    nib.save(nib.Nifti1Image(np.where(vol > 200, 0.4, 0).astype(np.float32), np.eye(4)), tmp_path / "faint.nii.gz")
+    problems = check_datalist([{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "faint.nii.gz")}], stacks=True)
+    assert any("empty mask (no foreground above 0.5)" in str(p) for p in problems)  # as training binarises
+    # the command line checks stacks with --stacks true
+    (tmp_path / "ok").mkdir()
+    shutil.copy(tmp_path / "vol.nii.gz", tmp_path / "ok" / "vol.nii.gz")
+    for stacks, rc in (("false", 1), ("true", 0)):
+        proc = subprocess.run([sys.executable, "-m", "scripts.check", "images", "--folder", str(tmp_path / "ok"),
+                               "--stacks", stacks], cwd=BUNDLE, capture_output=True, text=True)
+        assert proc.returncode == rc, proc.stdout + proc.stderr
+    # 16-bit colour pages: luminance in float, not wrapped to 8 bits
+    rgb16 = np.random.default_rng(1).integers(0, 16383, (2, 16, 16, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    assert np.allclose(read_stack(tmp_path / "rgb16.tif"), rgb16 @ np.array([0.299, 0.587, 0.114]), atol=0.01)
+
+
+def test_prepare_vnc_layout_keeps_16_bit_sections(tmp_path):
+    """Your own stack in the VNC layout (raw/NN.tif, <target>/NN.png): 16-bit sections keep their values in the
+    sections for 2D and the volumes for 3D; other pixel types are refused by name."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "src" / "raw").mkdir(parents=True)
+    (tmp_path / "src" / "mito").mkdir()
+    sections = rng.integers(0, 4000, (3, 32, 40)).astype(np.uint16)
+    for k, sec in enumerate(sections):
+        tifffile.imwrite(tmp_path / "src" / "raw" / f"{k:02d}.tif", sec)
+        Image.fromarray(((sec > 3000) * 255).astype(np.uint8)).save(tmp_path / "src" / "mito" / f"{k:02d}.png")
+    prepare_vnc(tmp_path / "src", tmp_path / "out", target="mito", val_sections=[2])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "slices" / "images" / "01.png")), sections[1])
+    volume = np.asarray(nib.load(tmp_path / "out" / "volumes" / "images" / "training.nii.gz").dataobj)
+    assert volume.dtype == np.uint16 and np.array_equal(volume[..., 1].T, sections[1])
+    tifffile.imwrite(tmp_path / "src" / "raw" / "00.tif", sections[0].astype(np.float32))
+    with pytest.raises(ValueError, match="00.tif: float32 pixels; expected 8- or 16-bit"):
+        prepare_vnc(tmp_path / "src", tmp_path / "out2", target="mito", val_sections=[2])

@@ -261,7 +261,8 @@ def test_finetune_starts_from_given_weights(tmp_path, ema_momentum):
 
 
 def test_state_saver_interval(tmp_path):
-    """--checkpoint_interval k writes the full training state every k epochs and keeps the newest file only."""
+    """--checkpoint_interval k writes the full training state every k epochs and after the last one, and keeps the
+    newest file only."""
     from ignite.engine import Engine, Events
     from scripts.handlers import TrainingStateSaver, latest_checkpoint
 
@@ -272,8 +273,8 @@ def test_state_saver_interval(tmp_path):
     written = []
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: written.append(sorted(p.name for p in tmp_path.iterdir())))
     engine.run([0], max_epochs=5)
-    assert written == [[], ["checkpoint_2.pt"], ["checkpoint_2.pt"], ["checkpoint_4.pt"], ["checkpoint_4.pt"]]
-    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_4.pt")
+    assert written == [[], ["checkpoint_2.pt"], ["checkpoint_2.pt"], ["checkpoint_4.pt"], ["checkpoint_5.pt"]]
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_5.pt")
     with pytest.raises(ValueError, match="save_interval"):
         TrainingStateSaver(str(tmp_path), state, save_interval=0)
 

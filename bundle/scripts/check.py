@@ -5,6 +5,7 @@ Command line (from the bundle root)::
     python -m scripts.check datalist --datalist sample_data/dsb2018/datalist.json   # prepared data, both splits
     python -m scripts.check dsb2018 --src data/dsb2018/stage1_train                 # DSB2018 original layout
     python -m scripts.check images --folder /path/to/images                         # inference inputs
+    ... --stacks true                                                               # EM: TIFF stacks, NIfTI volumes
 
 Each prints one report listing every problem with the file's path and exits non-zero when a sample is unusable.
 Training runs the same check (``train.json``: ``train_datalist``, ``val_datalist``) and refuses invalid data unless
@@ -81,9 +82,14 @@ def _read(path: str, stacks: bool = False) -> tuple[np.ndarray | None, str, Prob
             n_frames = getattr(im, "n_frames", 1)
             array = np.asarray(im)
     except Exception as e:  # PIL, tifffile and nibabel raise OSError, SyntaxError, ValueError... for broken files
+        if str(e).startswith(f"{path}: "):  # read_stack's own message already names the file
+            return None, "", Problem(path, str(e)[len(path) + 2 :])
         return None, "", Problem(path, f"unreadable or truncated image ({type(e).__name__}: {e})")
     if n_frames > 1:
-        return array, mode, Problem(path, f"a stack of {n_frames} pages where a 2D image is expected (the EM presets configs/em2d.json and configs/em3d.json segment stacks)")
+        return array, mode, Problem(path, f"a stack of {n_frames} pages where a 2D image is expected (the EM presets "
+                                    "configs/em2d.json and configs/em3d.json segment stacks; to train a 2D preset on "
+                                    "stacks, split them into sections with python -m scripts.prepare vnc, or train "
+                                    "configs/em3d.json on them)")
     return array, mode, None
 
 
@@ -93,12 +99,18 @@ def check_image(path: str, stacks: bool = False) -> tuple[list[Problem], tuple[i
     array, mode, problem = _read(path, stacks)
     if array is None:
         return [problem], None
-    problems = [problem] if problem else []
-    if stacks and array.ndim == 3 and (path.lower().endswith(VOLUME_SUFFIXES) or array.shape[-1] > MAX_CHANNELS):
+    if problem:  # a stack or volume where a 2D image is expected, or a volume of other than 3 dimensions
+        return [problem], tuple(array.shape)
+    problems = []
+    # TIFF stacks are read as gray (Z, Y, X) pages, so 3 dimensions are a stack whatever the page count
+    if stacks and array.ndim == 3 and (path.lower().endswith(VOLUME_SUFFIXES + STACK_SUFFIXES) or array.shape[-1] > MAX_CHANNELS):
         if min(array.shape[:3]) < 1 or sorted(array.shape)[-2] < MIN_SIZE:
             problems.append(Problem(path, f"volume of shape {array.shape} is empty or smaller than {MIN_SIZE}x{MIN_SIZE} per section"))
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             problems.append(Problem(path, "floating-point volume holds NaN or infinite values"))
+        if path.lower().endswith(VOLUME_SUFFIXES) and 8 * min(array.shape[:2]) <= array.shape[2]:
+            problems.append(Problem(path, f"shape {array.shape}: NIfTI arrays are (X, Y, Z) and this one has far more "
+                                    "sections than pixels across; if it was saved as (Z, Y, X), transpose it", fatal=False))
         return problems, tuple(array.shape)
     if array.size == 0 or min(array.shape[:2]) < MIN_SIZE:
         problems.append(Problem(path, f"image of size {array.shape[:2]} is empty or smaller than {MIN_SIZE}x{MIN_SIZE}"))
@@ -144,8 +156,14 @@ def check_datalist(items: Sequence[dict], stacks: bool = False) -> list[Problem]
             problems.append(Problem(it["label"], f"mask size {label_size} differs from image size {size} of {it['image']}"))
         if len(label_size) == 2 and label.ndim > 2 and label.shape[-1] > MAX_CHANNELS:
             problems.append(Problem(it["label"], f"mask with {label.shape[-1]} channels"))
-        if not (label > 0).any():
-            problems.append(Problem(it["label"], "empty mask (no foreground)", fatal=False))
+        foreground = label > 0.5  # as training binarises masks (AsDiscreted threshold 0.5)
+        if not foreground.any():
+            problems.append(Problem(it["label"], "empty mask (no foreground above 0.5)", fatal=False))
+        values = np.unique(label)
+        if len(values) > 2:
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            problems.append(Problem(it["label"], f"mask with {len(values)} values ({shown}): every value above 0.5 "
+                                    "is foreground (instance ids merge; an 'ignore' value counts as foreground)", fatal=False))
     return list(dict.fromkeys(problems))  # once per problem, even for a file listed twice
 
 
@@ -239,7 +257,10 @@ class InputCheck:
             if output_dir is not None and path.parent.resolve() == Path(output_dir).resolve() and base.endswith(OUTPUT_POSTFIXES):
                 logger.info(f"skipping {path}: an output of an earlier run (the output folder is the input folder)")
                 continue
-            fatal = [p for p in check_image(it["image"], stacks)[0] if p.fatal]
+            found = check_image(it["image"], stacks)[0]
+            for note in (p for p in found if not p.fatal):
+                logger.warning(str(note))
+            fatal = [p for p in found if p.fatal]
             if not fatal and base in outputs:
                 fatal = [Problem(str(path), f"its outputs ({base}_seg.*) would overwrite those of {outputs[base]}; rename one of them")]
             if fatal:
@@ -253,15 +274,14 @@ class InputCheck:
 
     def raise_if_bad(self) -> None:
         if self.bad:
-            raise SystemExit(
-                _report(self.bad, f"{len(self.bad)} input(s) not segmented ({len(self.good)} written)")
-            )
+            n_files = len({p.path for p in self.bad})
+            raise SystemExit(_report(self.bad, f"{n_files} input(s) not segmented ({len(self.good)} written)"))
 
 
-def _cli_datalist(datalist: str, keys: Sequence[str] = ("training", "validation")) -> None:
+def _cli_datalist(datalist: str, keys: Sequence[str] = ("training", "validation"), stacks: bool | str = False) -> None:
     problems = []
     for key in keys:
-        problems += check_datalist(load_datalist(datalist, key))
+        problems += check_datalist(load_datalist(datalist, key), as_bool(stacks))
     _exit(problems, datalist)
 
 
@@ -269,10 +289,10 @@ def _cli_dsb2018(src: str) -> None:
     _exit(check_dsb2018(src), src)
 
 
-def _cli_images(folder: str) -> None:
+def _cli_images(folder: str, stacks: bool | str = False) -> None:
     problems = []
     for it in list_images(folder):
-        problems += check_image(it["image"])[0]
+        problems += check_image(it["image"], as_bool(stacks))[0]
     _exit(problems, folder)
 
 

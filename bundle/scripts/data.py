@@ -347,7 +347,9 @@ def prepare_vnc(
             mask = mask.any(-1)
         if image.shape != mask.shape:
             raise ValueError(f"{mask_file}: mask size {mask.shape} differs from image size {image.shape} of {f}.")
-        sections.append(image.astype(np.uint8))
+        if image.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"{f}: {image.dtype} pixels; expected 8- or 16-bit gray sections.")
+        sections.append(image)  # 8- or 16-bit as stored (a cast to 8 bits would wrap 16-bit values)
         masks.append(mask.astype(np.uint8) * 255)
     missing = sorted(set(val_sections) - set(range(len(sections))))
     if missing:

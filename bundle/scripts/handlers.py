@@ -23,8 +23,8 @@ from scripts import as_bool
 from scripts.networks import mismatch_message
 
 __all__ = [
-    "SaverState", "TrainingStateSaver", "latest_checkpoint", "resume_path", "require_weights", "StopOnNonFiniteLoss",
-    "WeightsLoader", "WeightEMA",
+    "SaverState", "TrainingStateSaver", "latest_checkpoint", "resume_path", "require_weights", "validate_last_epoch",
+    "log_outputs", "StopOnNonFiniteLoss", "WeightsLoader", "WeightEMA",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class SaverState:
 
 
 class TrainingStateSaver:
-    """Every ``save_interval`` epochs, write the whole training state (``save_dict``: model, optimizer, LR scheduler,
+    """Every ``save_interval`` epochs and after the last epoch, write the whole training state (``save_dict``: model, optimizer, LR scheduler,
     trainer, checkpoint-ensemble state...) to ``save_dir/checkpoint_<epoch>.pt``, atomically (temporary file, then
     rename), keeping the last ``n_saved``. Attach it after the validation and LR handlers so that the file holds their
     results for the epoch. Only rank 0 writes in distributed training. A ``save_interval`` above 1 suits epochs of a
@@ -70,8 +70,10 @@ class TrainingStateSaver:
         )
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.checkpoint)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._remove_stale)
+        # every save_interval epochs, and after the last epoch when save_interval does not divide the epochs
+        events = Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: epoch % self.save_interval == 0 or _last_epoch(e, epoch))
+        engine.add_event_handler(events, self.checkpoint)
+        engine.add_event_handler(events, self._remove_stale)
 
     def _remove_stale(self, engine: Engine) -> None:
         """Drop files older than the last ``n_saved`` saves, including those of a run this one resumed."""
@@ -103,6 +105,33 @@ def resume_path(save_dir: str, resume: bool | str) -> str | None:
         raise FileNotFoundError(f"--resume: no training checkpoint ({_STATE_PATTERN}) in {save_dir}.")
     logger.info(f"resuming training from {path}")
     return path
+
+
+def _last_epoch(engine: Engine, epoch: int) -> bool:
+    return epoch == engine.state.max_epochs
+
+
+def validate_last_epoch(trainer: Engine, evaluator: Engine, interval: int) -> None:
+    """Run ``evaluator`` after the trainer's last epoch when the validation ``interval`` does not divide the number of
+    epochs (MONAI's ``ValidationHandler`` runs every ``interval`` epochs only), so that every training ends validated
+    and its best model saved. Attach before the :class:`TrainingStateSaver` so that the last state holds the result."""
+    interval = int(interval)
+    trainer.add_event_handler(
+        Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: _last_epoch(e, epoch) and epoch % interval != 0),
+        lambda e: evaluator.run(e.state.epoch),
+    )
+
+
+def log_outputs(ckpt_dir: str, ensemble_dir: str, state_dir: str) -> None:
+    """Log where a finished training's weights are (only those that exist)."""
+    found = [(what, path) for what, path in (
+        ("best weights", os.path.join(ckpt_dir, "model.pt")), ("checkpoint ensemble", ensemble_dir),
+        ("training state for --resume", state_dir),
+    ) if os.path.exists(path) and (os.path.isfile(path) or os.listdir(path))]
+    if found:
+        logger.info("; ".join(f"{what}: {path}" for what, path in found))
+    else:
+        logger.warning(f"no weights were saved in {ckpt_dir} (did a validation run?)")
 
 
 def require_weights(path: str, ckpt_dir: str) -> bool:

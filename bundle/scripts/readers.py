@@ -51,9 +51,10 @@ def read_stack(path: str | os.PathLike) -> np.ndarray:
                         "photometric='minisblack', or imagej=True)."
                     )
                 rgb = np.moveaxis(array, axes.index("S"), -1)
-                array = np.asarray(
-                    [np.asarray(to_grayscale(Image.fromarray(p.astype(np.uint8)))) for p in rgb.reshape(-1, *rgb.shape[-3:])]
-                )
+                if rgb.dtype == np.uint8:  # as the 2D reader does (PIL "L")
+                    array = np.asarray([np.asarray(to_grayscale(Image.fromarray(p))) for p in rgb.reshape(-1, *rgb.shape[-3:])])
+                else:  # 16-bit or float colour: the same ITU-R 601-2 luminance, in float, without losing the range
+                    array = (rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).reshape(-1, *rgb.shape[-3:-1])
         else:
             with Image.open(path) as im:
                 array = np.asarray(to_grayscale(im))

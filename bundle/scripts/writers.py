@@ -50,10 +50,12 @@ class AtomicPILWriter(PILWriter):
 
 
 class AtomicStackWriter(ImageWriter):
-    """Writes a ``(C=1, X, Y, Z)`` result in the format of the input it came from, atomically:
+    """Writes a ``(C, X, Y, Z)`` result, ``C = 1`` (mask, probabilities) or ``C = 3`` (RGB overlay), in the format of
+    the input it came from, atomically:
 
-    - NIfTI input (``.nii``, ``.nii.gz``): ``<stem>.nii.gz`` with the input's affine (nibabel);
-    - TIFF input (``.tif``, ``.tiff``): a multi-page ``(Z, Y, X)`` TIFF ``<stem>.tif`` (ImageJ hyperstack), even for one page;
+    - NIfTI input (``.nii``, ``.nii.gz``): ``<stem>.nii.gz`` with the input's affine, qform/sform codes and units
+      (nibabel); RGB as NIfTI RGB24;
+    - TIFF input (``.tif``, ``.tiff``): a multi-page ``(Z, Y, X[, 3])`` TIFF ``<stem>.tif`` (ImageJ hyperstack), even for one page;
     - any other image (PNG, JPEG...): ``<stem>.png``, which needs ``Z = 1``.
 
     The input is ``meta["filename_or_obj"]``; the target name's suffix from ``SaveImaged(output_ext=...)`` is replaced.
@@ -67,19 +69,40 @@ class AtomicStackWriter(ImageWriter):
 
     def set_data_array(self, data_array, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs) -> None:
         array = np.asarray(data_array.detach().cpu() if hasattr(data_array, "detach") else data_array)
+        rgb = False
         if channel_dim is not None:
-            if array.shape[channel_dim] != 1:
-                raise ValueError(f"AtomicStackWriter writes one channel, got shape {array.shape}.")
-            array = np.take(array, 0, axis=channel_dim)
-        if array.ndim == 2:
-            array = array[..., None]
-        self.data_obj = array  # (X, Y, Z)
+            if array.shape[channel_dim] not in (1, 3):
+                raise ValueError(f"AtomicStackWriter writes one channel or RGB, got shape {array.shape}.")
+            rgb = array.shape[channel_dim] == 3
+            array = np.moveaxis(array, channel_dim, -1) if rgb else np.take(array, 0, axis=channel_dim)
+        if array.ndim - rgb == 2:  # (X, Y[, 3]) -> (X, Y, 1[, 3])
+            array = array[:, :, None]
+        self.data_obj = array  # (X, Y, Z) or (X, Y, Z, 3)
 
     def set_metadata(self, meta_dict: dict | None = None, resample: bool = False, **options) -> None:
         meta_dict = meta_dict or {}
         self.source = str(meta_dict.get("filename_or_obj", ""))
         affine = meta_dict.get("original_affine", meta_dict.get("affine"))
         self.affine = None if affine is None else np.asarray(affine, dtype=np.float64)
+
+    def _nifti(self, data: np.ndarray) -> nib.Nifti1Image:
+        """``data`` (``(X, Y, Z)``, or ``(X, Y, Z, 3)`` as RGB24) with the input's affine, and its units and
+        qform/sform codes when the input can be read."""
+        affine = self.affine if self.affine is not None else np.eye(4)
+        if data.ndim == 4:
+            rgb = np.zeros(data.shape[:3], np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]))
+            for i, c in enumerate("RGB"):
+                rgb[c] = data[..., i]
+            data = rgb
+        img = nib.Nifti1Image(data, affine)
+        try:
+            source = nib.load(self.source).header
+        except Exception:  # not a file (e.g. in-memory input): the affine alone
+            return img
+        img.header.set_xyzt_units(*source.get_xyzt_units())
+        img.set_qform(affine, code=int(source["qform_code"]))
+        img.set_sform(affine, code=int(source["sform_code"]))
+        return img
 
     def write(self, filename, verbose: bool = False, **kwargs) -> None:
         source = self.source.lower()
@@ -91,21 +114,24 @@ class AtomicStackWriter(ImageWriter):
             data = np.clip(data, 0.0, 1.0) * self.scale
         if self.output_dtype is not None:
             data = data.astype(self.output_dtype, copy=False)
+        rgb = data.ndim == 4
         if source.endswith((".nii", ".nii.gz")):
             path = target.with_name(stem + ".nii.gz")
-            save = lambda tmp: nib.save(nib.Nifti1Image(data, self.affine if self.affine is not None else np.eye(4)), tmp)
+            save = lambda tmp: nib.save(self._nifti(data), tmp)
             tmp_suffix = ".nii.gz"
         elif source.endswith((".tif", ".tiff")):
             path = target.with_name(stem + ".tif")
-            save = lambda tmp: tifffile.imwrite(  # an ImageJ hyperstack: pages, never read as RGB
-                tmp, np.ascontiguousarray(np.transpose(data, (2, 1, 0))), imagej=True, metadata={"axes": "ZYX"}
+            zyx = np.ascontiguousarray(np.transpose(data, (2, 1, 0, 3) if rgb else (2, 1, 0)))
+            save = lambda tmp: tifffile.imwrite(  # an ImageJ hyperstack: pages, never read as RGB unless it is
+                tmp, zyx, imagej=True, photometric="rgb" if rgb else "minisblack", metadata={"axes": "ZYXS" if rgb else "ZYX"}
             )
             tmp_suffix = ".tif"
         else:
-            if data.shape[-1] != 1:
-                raise ValueError(f"{self.source}: a {data.shape[-1]}-page result cannot be written as one PNG.")
+            if data.shape[2] != 1:
+                raise ValueError(f"{self.source}: a {data.shape[2]}-page result cannot be written as one PNG.")
             path = target.with_name(stem + ".png")
-            save = lambda tmp: Image.fromarray(np.ascontiguousarray(data[..., 0].T)).save(tmp, format="PNG")
+            yx = np.ascontiguousarray(np.swapaxes(data[:, :, 0], 0, 1))
+            save = lambda tmp: Image.fromarray(yx).save(tmp, format="PNG")
             tmp_suffix = ".png"
         with atomic_path(path, tmp_suffix) as tmp:
             save(str(tmp))
