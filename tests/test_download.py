@@ -2,10 +2,14 @@ import functools
 import hashlib
 import http.server
 import json
+import socket
+import subprocess
+import sys
 import threading
 import zipfile
 
 import pytest
+from conftest import BUNDLE
 from scripts.download import download_dsb2018
 
 IDS = [
@@ -46,3 +50,16 @@ def test_download_rejects_wrong_checksum(server, tmp_path):
     url, _ = server
     with pytest.raises(Exception, match="md5 hash check"):
         download_dsb2018(str(tmp_path / "dl"), url=url, md5="0" * 32, progress=False)
+
+
+def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
+    """No network (a closed local port here): an error naming the URL and the way round it, not a traceback."""
+    with socket.socket() as s:  # a free port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/isbi"
+    proc = subprocess.run([sys.executable, "-m", "scripts.download", "isbi2012", "--out", str(tmp_path / "dl"),
+                           "--base_url", url, "--progress", "false"], cwd=BUNDLE, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot download {url}/train-volume.tif") and "run the same command again" in last
+    assert "Traceback" not in proc.stderr

@@ -18,9 +18,12 @@ confirm them against the site, so ``--verify false`` skips the check and records
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 import fire
@@ -38,6 +41,18 @@ ISBI2012_FILES = {  # file name: md5
     "train-labels.tif": "657fe6b728c6dd0152e295c6d800001d",
     "test-volume.tif": "9767660d7abe4e0ecbdd0061a16058ad",
 }
+
+
+@contextlib.contextmanager
+def _reaching(url: str, path: str | os.PathLike) -> Iterator[None]:
+    """Turn a network failure while fetching ``url`` into a ``ConnectionError`` that names it and the way round it."""
+    try:
+        yield
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise ConnectionError(
+            f"cannot download {url} ({getattr(e, 'reason', e)}): check the network, or fetch the file by other means "
+            f"into {path} and run the same command again (a complete file there is not fetched again)."
+        ) from e
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -92,7 +107,8 @@ def download_dsb2018(
     if archive.is_file() and md5 and not check_hash(str(archive), md5, "md5"):
         logger.warning(f"{archive} does not match md5 {md5}: downloading it again.")
         archive.unlink()
-    download_and_extract(url, filepath=str(archive), output_dir=str(extract_dir), hash_val=md5, hash_type="md5", progress=progress)
+    with _reaching(url, archive):
+        download_and_extract(url, filepath=str(archive), output_dir=str(extract_dir), hash_val=md5, hash_type="md5", progress=progress)
     # the official archive holds the id folders at its top; some mirrors wrap them in a stage1_train/ folder
     nested = extract_dir / "stage1_train"
     root = nested if nested.is_dir() else extract_dir
@@ -145,7 +161,9 @@ def download_isbi2012(
         if path.is_file() and expected and not check_hash(str(path), expected, "md5"):
             logger.warning(f"{path} does not match md5 {expected}: downloading it again.")
             path.unlink()
-        download_url(base_url.rstrip("/") + "/" + name, filepath=str(path), hash_val=expected, hash_type="md5", progress=progress)
+        url = base_url.rstrip("/") + "/" + name
+        with _reaching(url, path):
+            download_url(url, filepath=str(path), hash_val=expected, hash_type="md5", progress=progress)
         try:
             with tifffile.TiffFile(path) as tif:
                 shapes[name] = tif.series[0].shape
@@ -170,4 +188,7 @@ def download_isbi2012(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    fire.Fire({"dsb2018": download_dsb2018, "isbi2012": download_isbi2012})
+    try:
+        fire.Fire({"dsb2018": download_dsb2018, "isbi2012": download_isbi2012})
+    except ConnectionError as e:  # one line, not a traceback
+        raise SystemExit(f"error: {e}") from None
