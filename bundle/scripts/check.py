@@ -23,10 +23,11 @@ from pathlib import Path
 
 import fire
 import numpy as np
+from monai.data.utils import create_file_basename
 from PIL import Image
 
 from scripts import as_bool
-from scripts.data import IMAGE_SUFFIXES, list_images, load_datalist
+from scripts.data import list_images, load_datalist
 
 __all__ = ["Problem", "check_image", "check_datalist", "check_dsb2018", "validated", "InputCheck"]
 
@@ -231,13 +232,9 @@ def validated(
 OUTPUT_POSTFIXES = ("_seg", "_prob", "_overlay")  # what inference.json writes next to <name>
 
 
-def _base_name(name: str) -> str:
-    """A file name without its image suffix (``x.nii.gz`` -> ``x``), as the writers name outputs after it."""
-    lower = name.lower()
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+def _base_name(path: str | os.PathLike) -> str:
+    """The name ``SaveImaged`` gives the outputs of ``path``, before their postfix (``x.nii.gz`` -> ``x``)."""
+    return os.path.basename(create_file_basename("", path, ".", separate_folder=False, makedirs=False))
 
 
 class InputCheck:
@@ -253,7 +250,7 @@ class InputCheck:
         outputs: dict[str, str] = {}  # output name (input name without its suffix) -> the input that writes it
         for it in items:
             path = Path(it["image"])
-            base = _base_name(path.name)
+            base = _base_name(path)
             if output_dir is not None and path.parent.resolve() == Path(output_dir).resolve() and base.endswith(OUTPUT_POSTFIXES):
                 logger.info(f"skipping {path}: an output of an earlier run (the output folder is the input folder)")
                 continue

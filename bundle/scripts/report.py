@@ -54,6 +54,16 @@ def _mask(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.asarray(Image.open(path).convert("L")) > 0)[None, None].float()
 
 
+def _prediction_and_label(item: dict, pred_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<pred_dir>/<stem>_seg.png`` of ``item["image"]`` and ``item["label"]`` as binary ``(1, 1, H, W)`` tensors;
+    an error naming the mask when the sizes differ."""
+    stem = Path(item["image"]).stem
+    pred, label = _mask(pred_dir / f"{stem}_seg.png"), _mask(item["label"])
+    if pred.shape != label.shape:
+        raise ValueError(f"{pred_dir / (stem + '_seg.png')}: size {pred.shape[2:]} differs from label {label.shape[2:]}")
+    return pred, label
+
+
 def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
     """Scores of ``<pred_dir>/<stem>_seg.png`` against each item's label, for all items and per ``group``."""
     pred_dir = Path(pred_dir)
@@ -67,11 +77,7 @@ def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
         pooled = ConfusionMatrixMetric(metric_name=list(_POOLED), compute_sample=False, reduction="sum")
         per_image = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
         for it in members:
-            stem = Path(it["image"]).stem
-            pred = _mask(pred_dir / f"{stem}_seg.png")
-            label = _mask(it["label"])
-            if pred.shape != label.shape:
-                raise ValueError(f"{pred_dir / (stem + '_seg.png')}: size {pred.shape[2:]} differs from label {label.shape[2:]}")
+            pred, label = _prediction_and_label(it, pred_dir)
             pooled(pred, label)
             per_image(pred, label)
         values = [float(v) for v in pooled.aggregate()]
@@ -339,14 +345,7 @@ def score_tolerance(pairs: list[tuple[np.ndarray, np.ndarray]], pixels: tuple[fl
 def tolerance(datalist: str, pred_dir: str, key: str = "validation", pixels: tuple = (1, 2), out: str | None = None) -> dict:
     """:func:`score_tolerance` of ``<pred_dir>/<stem>_seg.png`` against the labels of the ``key`` split, printed as a
     table and, with ``out``, written to that JSON file."""
-    pred_dir = Path(pred_dir)
-    pairs = []
-    for it in load_datalist(datalist, key):
-        stem = Path(it["image"]).stem
-        pred, label = _mask(pred_dir / f"{stem}_seg.png")[0, 0].numpy(), _mask(it["label"])[0, 0].numpy()
-        if pred.shape != label.shape:
-            raise ValueError(f"{pred_dir / (stem + '_seg.png')}: size {pred.shape} differs from label {label.shape}")
-        pairs.append((pred, label))
+    pairs = [tuple(m[0, 0].numpy() for m in _prediction_and_label(it, Path(pred_dir))) for it in load_datalist(datalist, key)]
     pixels = tuple(pixels) if isinstance(pixels, (list, tuple)) else (pixels,)
     scores = score_tolerance(pairs, pixels)
     print("| " + " | ".join(scores) + " |\n" + "|---" * len(scores) + "|\n| " + " | ".join(f"{v:.4f}" for v in scores.values()) + " |")

@@ -66,6 +66,7 @@ class AtomicStackWriter(ImageWriter):
         super().__init__(output_dtype=output_dtype, scale=scale, **kwargs)
         self.source = ""
         self.affine = None
+        self.nifti_fields: dict[str, int] = {}
 
     def set_data_array(self, data_array, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs) -> None:
         array = np.asarray(data_array.detach().cpu() if hasattr(data_array, "detach") else data_array)
@@ -82,12 +83,14 @@ class AtomicStackWriter(ImageWriter):
     def set_metadata(self, meta_dict: dict | None = None, resample: bool = False, **options) -> None:
         meta_dict = meta_dict or {}
         self.source = str(meta_dict.get("filename_or_obj", ""))
+        # NIfTI header fields MONAI's NibabelReader put in the metadata: kept in a NIfTI output
+        self.nifti_fields = {k: int(meta_dict[k]) for k in ("xyzt_units", "qform_code", "sform_code") if k in meta_dict}
         affine = meta_dict.get("original_affine", meta_dict.get("affine"))
         self.affine = None if affine is None else np.asarray(affine, dtype=np.float64)
 
     def _nifti(self, data: np.ndarray) -> nib.Nifti1Image:
         """``data`` (``(X, Y, Z)``, or ``(X, Y, Z, 3)`` as RGB24) with the input's affine, and its units and
-        qform/sform codes when the input can be read."""
+        qform/sform codes when the metadata holds them."""
         affine = self.affine if self.affine is not None else np.eye(4)
         if data.ndim == 4:
             rgb = np.zeros(data.shape[:3], np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]))
@@ -95,13 +98,11 @@ class AtomicStackWriter(ImageWriter):
                 rgb[c] = data[..., i]
             data = rgb
         img = nib.Nifti1Image(data, affine)
-        try:
-            source = nib.load(self.source).header
-        except Exception:  # not a file (e.g. in-memory input): the affine alone
-            return img
-        img.header.set_xyzt_units(*source.get_xyzt_units())
-        img.set_qform(affine, code=int(source["qform_code"]))
-        img.set_sform(affine, code=int(source["sform_code"]))
+        if "xyzt_units" in self.nifti_fields:
+            img.header["xyzt_units"] = self.nifti_fields["xyzt_units"]
+        for form in ("qform", "sform"):
+            if f"{form}_code" in self.nifti_fields:
+                getattr(img, f"set_{form}")(affine, code=self.nifti_fields[f"{form}_code"])
         return img
 
     def write(self, filename, verbose: bool = False, **kwargs) -> None:
