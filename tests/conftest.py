@@ -17,8 +17,9 @@ SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 DSB2018 = SHARED_DATA / "dsb2018_stage1_train" / "stage1_train"
 DSB2018_FIXES = SHARED_DATA / "dsb2018_stage1_train_fixes"
 
-if str(BUNDLE) not in sys.path:
-    sys.path.insert(0, str(BUNDLE))
+for path in (BUNDLE, REPO):  # the bundle's scripts package; the repository's tools package
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 
 def run_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -28,7 +29,9 @@ def run_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subpr
         cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
     if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

@@ -1,4 +1,4 @@
-"""scripts.ablation: the paper's Tables 1 and 2 as row definitions, the overrides that make each row, the datalist
+"""tools.ablation: the paper's Tables 1 and 2 as row definitions, the overrides that make each row, the datalist
 subset, the paired test and the writers, and one tiny row run through the bundle's configs on the shipped sample."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, SAMPLE
 from fire.parser import DefaultParseValue
 from monai.bundle import ConfigParser
 
-from scripts.ablation import (
+from conftest import BUNDLE, SAMPLE
+from scripts.losses import FocalTverskyLoss
+from scripts.networks import AttentionGate, R2Block, RecurrentUnit
+from tools.ablation import (
     FTL,
     INTERIOR_METRICS,
     SCALES,
@@ -23,19 +25,17 @@ from scripts.ablation import (
     VARIANTS,
     Row,
     Scale,
+    _interior_config,
     aggregate,
     implied_foreground_share,
     markdown_table,
     paired_test,
     plot_table,
     row_overrides,
-    _interior_config,
     run_row,
     subset_datalist,
     write_csv,
 )
-from scripts.losses import FocalTverskyLoss
-from scripts.networks import AttentionGate, R2Block, RecurrentUnit
 
 TRAIN = BUNDLE / "configs" / "train.json"
 
@@ -77,8 +77,13 @@ def test_tables_follow_the_paper():
 def test_overrides_set_the_loss(row):
     parser = _parsed(row)
     loss = parser.get_parsed_content("loss")
-    expected = {"focal_tversky": "FocalTverskyLoss", "tversky": "TverskyLoss", "dice": "DiceLoss",
-                "bce": "BCEWithLogitsLoss", "bce_dice": "DiceCELoss"}[row.loss]
+    expected = {
+        "focal_tversky": "FocalTverskyLoss",
+        "tversky": "TverskyLoss",
+        "dice": "DiceLoss",
+        "bce": "BCEWithLogitsLoss",
+        "bce_dice": "DiceCELoss",
+    }[row.loss]
     assert type(loss).__name__ == expected
     tversky = loss.tversky if isinstance(loss, FocalTverskyLoss) else loss
     for k, v in row.params.items():
@@ -125,8 +130,10 @@ def test_subset_datalist(tmp_path):
     assert set(fit + select) <= {i["id"] for i in source["training"]}
     assert [i["id"] for i in evaluation["validation"]] == [i["id"] for i in source["validation"]]
     assert evaluation["training"] == train["training"]
-    assert all(SAMPLE.joinpath(i["image"]).samefile(j["image"]) for i, j in
-               zip(source["validation"], evaluation["validation"]))
+    assert all(
+        SAMPLE.joinpath(i["image"]).samefile(j["image"])
+        for i, j in zip(source["validation"], evaluation["validation"], strict=True)
+    )
     again = subset_datalist(SAMPLE / "datalist.json", tmp_path / "again", n_train=6, n_select=2, seed=0)[0]
     assert json.loads(again.read_text()) == train
     with pytest.raises(ValueError, match="held-out"):
@@ -158,18 +165,33 @@ def test_implied_foreground_share():
 def _fake_result(row: Row, seed: int, shift: float, rng: np.random.Generator) -> dict:
     per_image = {f"img{i}.png": float(np.clip(0.6 + shift + rng.normal(0, 0.02), 0, 1)) for i in range(12)}
     dice = float(np.mean(list(per_image.values())))
-    metrics = {"val_mean_dice": dice, "val_pooled_dice": dice, "val_precision": 0.7, "val_recall": 0.8 + shift,
-               "val_accuracy": 0.9, "val_roc_auc": 0.95, "val_cohen_kappa": 0.6}
-    return {"key": row.key, "dataset": row.dataset, "seed": seed, "metrics": metrics, "per_image_dice": per_image,
-            "group_dice": {"fluorescence": dice + 0.1, "colour": dice - 0.2}, "train_seconds": 10.0,
-            "eval_seconds": 5.0}
+    metrics = {
+        "val_mean_dice": dice,
+        "val_pooled_dice": dice,
+        "val_precision": 0.7,
+        "val_recall": 0.8 + shift,
+        "val_accuracy": 0.9,
+        "val_roc_auc": 0.95,
+        "val_cohen_kappa": 0.6,
+    }
+    return {
+        "key": row.key,
+        "dataset": row.dataset,
+        "seed": seed,
+        "metrics": metrics,
+        "per_image_dice": per_image,
+        "group_dice": {"fluorescence": dice + 0.1, "colour": dice - 0.2},
+        "train_seconds": 10.0,
+        "eval_seconds": 5.0,
+    }
 
 
 def test_writers(tmp_path):
     rng = np.random.default_rng(1)
     good, bad = TABLE1[1], TABLE1[10]
-    results = {(r.key, r.dataset): [_fake_result(r, s, shift, rng) for s in (0, 1)]
-               for r, shift in ((good, 0.1), (bad, 0.0))}
+    results = {
+        (r.key, r.dataset): [_fake_result(r, s, shift, rng) for s in (0, 1)] for r, shift in ((good, 0.1), (bad, 0.0))
+    }
     agg = aggregate(TABLE1, results)
     done = {e["row"].key: e for e in agg if e["n_seeds"]}
     assert set(done) == {good.key, bad.key}
@@ -195,21 +217,34 @@ def test_writers(tmp_path):
     assert f"dsb2018, paper's pick vs winner: **{good.loss_label}**" in md and "better on 0/12 images" in md
     # Table 2: R2AttU-Net wins over U-Net, the runner-up: one test, not the same one twice
     t2 = [r for r in TABLE2 if r.dataset == "isbi2012" and r.variant in ("r2attunet", "unet")]
-    results = {(r.key, r.dataset): [{**_fake_result(r, s, 0.1 * (r.variant == "r2attunet"), rng),
-                                     "dataset": "isbi2012"} for s in (0, 1)] for r in t2}
+    results = {
+        (r.key, r.dataset): [
+            {**_fake_result(r, s, 0.1 * (r.variant == "r2attunet"), rng), "dataset": "isbi2012"} for s in (0, 1)
+        ]
+        for r in t2
+    }
     md = markdown_table(2, aggregate(TABLE2, results), results)
     assert md.count("isbi2012, winner vs runner-up: **R2AttU-Net**") == 1 and "paper's pick vs U-Net" not in md
     # R2AttU-Net is always tested against the plain U-Net, also when a third network wins
     third = next(r for r in TABLE2 if r.dataset == "isbi2012" and r.variant == "r2unet")
     results[(third.key, "isbi2012")] = [{**_fake_result(third, s, 0.2, rng), "dataset": "isbi2012"} for s in (0, 1)]
     md = markdown_table(2, aggregate(TABLE2, results), results)
-    assert "isbi2012, winner vs runner-up: **R2U-Net**" in md and "isbi2012, paper's pick vs U-Net: **R2AttU-Net**" in md
+    assert (
+        "isbi2012, winner vs runner-up: **R2U-Net**" in md and "isbi2012, paper's pick vs U-Net: **R2AttU-Net**" in md
+    )
 
 
 def test_tiny_row_through_the_bundle(tmp_path):
     """One real row (plain U-Net, Dice loss) trained for 1 epoch and evaluated by the bundle's configs."""
-    scale = Scale(channels=(4, 8, 16, 32, 64), patch_size=(64, 64), infer_roi=(128, 128), num_epochs=1,
-                  train_images=None, select_images=2, batch_size=2)
+    scale = Scale(
+        channels=(4, 8, 16, 32, 64),
+        patch_size=(64, 64),
+        infer_roi=(128, 128),
+        num_epochs=1,
+        train_images=None,
+        select_images=2,
+        batch_size=2,
+    )
     datalists = subset_datalist(SAMPLE / "datalist.json", tmp_path, scale.train_images, scale.select_images)
     row = Row("dice", variant="unet")
     result = run_row(row, 0, scale, datalists, tmp_path / "out")
@@ -219,8 +254,9 @@ def test_tiny_row_through_the_bundle(tmp_path):
     groups = {i["group"] for i in json.loads((SAMPLE / "datalist.json").read_text())["validation"]}
     assert set(result["group_dice"]) == groups
     assert 0 <= result["metrics"]["val_mean_dice"] <= 1 and 0 <= result["metrics"]["val_roc_auc"] <= 1
-    assert result["metrics"]["val_mean_dice"] == pytest.approx(np.mean(list(result["per_image_dice"].values())),
-                                                               abs=1e-5)
+    assert result["metrics"]["val_mean_dice"] == pytest.approx(
+        np.mean(list(result["per_image_dice"].values())), abs=1e-5
+    )
     state = torch.load(row_dir / "models" / "model.pt", map_location="cpu")
     state = state.get("model", state)
     assert not any("proj" in k or "att" in k for k in state)  # plain U-Net: no projections, no attention gates

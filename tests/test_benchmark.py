@@ -9,14 +9,15 @@ import sys
 
 import pytest
 import torch
-from conftest import BUNDLE, SAMPLE
-from scripts.benchmark import training_gflop
+
+from conftest import REPO, SAMPLE
 from scripts.networks import R2AttUNet
+from tools.benchmark import training_gflop
 
 
 def run_benchmark(*args: str) -> tuple[list[dict], dict]:
-    cmd = [sys.executable, "-m", "scripts.benchmark", *args]
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "tools.benchmark", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")], json.loads(lines[-1])
@@ -26,8 +27,19 @@ def test_train_benchmark_json_with_baseline():
     tiny = ["--channels", "[4,8,16]", "--size", "32", "--batch", "2", "--steps", "2", "--warmup", "1"]
     modes, last = run_benchmark("train", *tiny, "--baseline", "true", "--memory_saving", "true")
     assert [m["mode"] for m in modes[:2]] == ["baseline", "fast"]
-    keys = ("images_per_s", "peak_rss_mb", "device", "s_per_step", "cpu_s_per_step", "gflop_per_step", "gflop_per_s",
-            "speedup", "speedup_min", "speedup_cpu", "memory_ratio")
+    keys = (
+        "images_per_s",
+        "peak_rss_mb",
+        "device",
+        "s_per_step",
+        "cpu_s_per_step",
+        "gflop_per_step",
+        "gflop_per_s",
+        "speedup",
+        "speedup_min",
+        "speedup_cpu",
+        "memory_ratio",
+    )
     for key in keys:
         assert key in last, key
     assert last["images_per_s"] > 0 and last["peak_rss_mb"] > 0
@@ -38,8 +50,9 @@ def test_train_benchmark_json_with_baseline():
     assert base["memory_saving"] is False and base["compile"] is False
     assert last["speedup"] == pytest.approx(last["images_per_s"] / last["baseline"]["images_per_s"], rel=1e-2)
     assert last["speedup_cpu"] == pytest.approx(base["cpu_s_per_step"] / last["cpu_s_per_step"], rel=1e-2)
-    assert last["gflop_per_step"] == pytest.approx(training_gflop(**{"network_def#channels": [4, 8, 16],
-                                                                    "patch_size": [32, 32], "batch_size": 2}), rel=1e-2)
+    assert last["gflop_per_step"] == pytest.approx(
+        training_gflop(**{"network_def#channels": [4, 8, 16], "patch_size": [32, 32], "batch_size": 2}), rel=1e-2
+    )
     if torch.cuda.is_available():
         assert "peak_cuda_mb" in last
 
@@ -54,8 +67,9 @@ def test_training_gflop_scales_with_batch_and_counts_backward():
 
 
 def test_infer_benchmark_compares_modes():
-    _, last = run_benchmark("infer", "--channels", "[4,8,16]", "--size", "32", "--batch", "2",
-                            "--image_size", "[80,100]", "--repeats", "1")
+    _, last = run_benchmark(
+        "infer", "--channels", "[4,8,16]", "--size", "32", "--batch", "2", "--image_size", "[80,100]", "--repeats", "1"
+    )
     assert last["weights"] is None  # random weights for a network other than the shipped one
     modes = [k for k, v in last.items() if isinstance(v, dict)]
     assert "eager_fp32" in modes and "torchscript_fp32" in modes and any(m.startswith("autocast_") for m in modes)
@@ -68,8 +82,19 @@ def test_infer_benchmark_compares_modes():
 
 
 def test_data_benchmark_reports_loading_share():
-    _, last = run_benchmark("data", "--dataset_dir", str(SAMPLE), "--limit", "8", "--epochs", "1",
-                            "--channels", "[4,8,16]", "--num_workers", "0")
+    _, last = run_benchmark(
+        "data",
+        "--dataset_dir",
+        str(SAMPLE),
+        "--limit",
+        "8",
+        "--epochs",
+        "1",
+        "--channels",
+        "[4,8,16]",
+        "--num_workers",
+        "0",
+    )
     assert last["images"] == 8 and last["epochs"] == 1 and len(last["epoch_s"]) == 1
     assert 0 < last["data_share"] < 1 and last["data_wait_s"] > 0 and last["compute_s"] > 0
 

@@ -7,14 +7,26 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import BUNDLE
 
 
 def torchrun(*args: str, nproc: int = 2) -> str:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}",
-           "-m", "monai.bundle", "run", *args]
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "monai.bundle",
+        "run",
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{out[-8000:]}")
@@ -24,10 +36,22 @@ def torchrun(*args: str, nproc: int = 2) -> str:
 def test_torchrun_train_and_evaluate(tmp_path: Path):
     models = tmp_path / "models"
     out = torchrun(
-        "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
-        "--logging_file", "configs/logging.conf",
-        "--num_epochs", "1", "--num_workers", "0", "--progress_bar", "False", "--ema_momentum", "0.5",
-        "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "runs"),
+        "--config_file",
+        "['configs/train.json','configs/multi_gpu_train.json']",
+        "--logging_file",
+        "configs/logging.conf",
+        "--num_epochs",
+        "1",
+        "--num_workers",
+        "0",
+        "--progress_bar",
+        "False",
+        "--ema_momentum",
+        "0.5",
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(tmp_path / "runs"),
     )
     assert "process 0 of 2 on cpu, backend gloo" in out and "process 1 of 2 on cpu, backend gloo" in out
     # 8 training images, batch 4, split over 2 processes by the DistributedSampler: one iteration each
@@ -43,10 +67,24 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
 
     # resume under torchrun: every process restores the state, training continues at epoch 2
     out = torchrun(
-        "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
-        "--logging_file", "configs/logging.conf",
-        "--num_epochs", "2", "--num_workers", "0", "--progress_bar", "False", "--resume", "True", "--ema_momentum", "0.5",
-        "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "runs"),
+        "--config_file",
+        "['configs/train.json','configs/multi_gpu_train.json']",
+        "--logging_file",
+        "configs/logging.conf",
+        "--num_epochs",
+        "2",
+        "--num_workers",
+        "0",
+        "--progress_bar",
+        "False",
+        "--resume",
+        "True",
+        "--ema_momentum",
+        "0.5",
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(tmp_path / "runs"),
     )
     # only rank 0 logs; had rank 1 not resumed too, it would run epoch 1 alone and the collectives would not match
     assert out.count("resuming training from") == 1
@@ -55,9 +93,16 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
     assert len(list((models / "ensemble").glob("model_key_metric=*.pt"))) == 2  # the ensemble grew, not restarted
 
     out = torchrun(
-        "--config_file", "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
-        "--logging_file", "configs/logging.conf", "--num_workers", "0",
-        "--ckpt_dir", str(models), "--eval_dir", str(tmp_path / "eval"),
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+        "--logging_file",
+        "configs/logging.conf",
+        "--num_workers",
+        "0",
+        "--ckpt_dir",
+        str(models),
+        "--eval_dir",
+        str(tmp_path / "eval"),
     )
     rows = (tmp_path / "eval" / "best" / "val_mean_dice_raw.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4  # every validation image, gathered from both processes

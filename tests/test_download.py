@@ -9,6 +9,7 @@ import threading
 import zipfile
 
 import pytest
+
 from conftest import BUNDLE
 from scripts.download import download_dsb2018
 
@@ -57,8 +58,24 @@ def test_unreachable_source_is_one_line_naming_the_url(tmp_path):
     with socket.socket() as s:  # a free port that nothing listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}/isbi"
-    proc = subprocess.run([sys.executable, "-m", "scripts.download", "isbi2012", "--out", str(tmp_path / "dl"),
-                           "--base_url", url, "--progress", "false"], cwd=BUNDLE, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.download",
+            "isbi2012",
+            "--out",
+            str(tmp_path / "dl"),
+            "--base_url",
+            url,
+            "--progress",
+            "false",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot download {url}/train-volume.tif") and "run the same command again" in last

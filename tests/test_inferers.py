@@ -1,6 +1,7 @@
 import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
+
 from scripts.inferers import AutocastInferer, FlipInferer, autocast_dtype, cpu_supports_bf16
 from scripts.networks import R2AttUNet
 
@@ -67,7 +68,9 @@ def test_flip_inferer_matches_the_symmetries_by_hand():
     with torch.no_grad():
         single, tta = sw(x, net), FlipInferer(sw)(x, net)
         by_hand = torch.stack([sw(x.flip(d), net).flip(d) for d in ((), (2,), (3,), (2, 3)) if d] + [single])
-        plane = torch.stack([sw(x.transpose(2, 3).flip(d), net).flip(d).transpose(2, 3) for d in ((2,), (3,), (2, 3))]
-                            + [sw(x.transpose(2, 3), net).transpose(2, 3)])
+        plane = torch.stack(
+            [sw(x.transpose(2, 3).flip(d), net).flip(d).transpose(2, 3) for d in ((2,), (3,), (2, 3))]
+            + [sw(x.transpose(2, 3), net).transpose(2, 3)]
+        )
     assert tta.shape == single.shape and not torch.allclose(tta, single)
     assert torch.allclose(tta, torch.cat([by_hand, plane]).mean(0), atol=1e-5)

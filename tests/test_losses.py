@@ -1,6 +1,7 @@
 import pytest
 import torch
 from monai.losses import DiceLoss, TverskyLoss
+
 from scripts.losses import FocalTverskyLoss
 
 

@@ -18,17 +18,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import BUNDLE, REPO, SAMPLE
 from PIL import Image
+
+from conftest import REPO, SAMPLE
 
 ENV = Path(os.environ.get("MONAILABEL_ENV", REPO / ".venv-monailabel"))
 PYTHON = ENV / "bin" / "python"
 IMAGE = "4e23ecf65040f86420e0201134e538951acdeda84fbb274311f995682044dd64"  # 320x256 (not square)
 # five small sample images: MONAI Label's default 0.2 validation split leaves 4 for one training batch
-STUDIES = [IMAGE, "237802ac5005f9cf782367156c46c383efd9e05088e5768ca883cbbe24abadb1",
-           "5ef4442e5b8b0b4cf824b61be4050dfd793d846e0a6800afa4425a2f66e91456",
-           "a08166d91d2cca263d2dd52764dc25c9c582b7a5ece2b802749fa4be33187c49",
-           "aa47f0b303b1d525b52452ae3a8553b2d61d719a28aee547e2ef1fc6730a078f"]
+STUDIES = [
+    IMAGE,
+    "237802ac5005f9cf782367156c46c383efd9e05088e5768ca883cbbe24abadb1",
+    "5ef4442e5b8b0b4cf824b61be4050dfd793d846e0a6800afa4425a2f66e91456",
+    "a08166d91d2cca263d2dd52764dc25c9c582b7a5ece2b802749fa4be33187c49",
+    "aa47f0b303b1d525b52452ae3a8553b2d61d719a28aee547e2ef1fc6730a078f",
+]
 
 pytestmark = pytest.mark.skipif(
     not PYTHON.is_file(), reason=f"MONAI Label environment not built at {ENV}: run .ci/monailabel_env (CI does)"
@@ -45,11 +49,25 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     """Start ``monailabel start_server`` with the release archive unpacked at ``<app>/model/<name>``; yields
     ``(base_url, bundle_dir)`` and stops the server afterwards."""
-    from scripts.package import BUNDLE_NAME, package
+    from tools.package import BUNDLE_NAME, package
 
     root = tmp_path_factory.mktemp("monailabel")
-    subprocess.run([str(PYTHON), "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle",
-                    "--output", str(root / "apps")], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(PYTHON),
+            "-m",
+            "monailabel.main",
+            "apps",
+            "--download",
+            "--name",
+            "monaibundle",
+            "--output",
+            str(root / "apps"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     app = root / "apps" / "monaibundle"
     with zipfile.ZipFile(package(str(root / "dist"))) as archive:
         archive.extractall(app / "model")
@@ -61,10 +79,32 @@ def server(tmp_path_factory):
     port = _free_port()
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
-        [str(PYTHON), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-         "--conf", "models", BUNDLE_NAME, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
+        [
+            str(PYTHON),
+            "-m",
+            "monailabel.main",
+            "start_server",
+            "--app",
+            str(app),
+            "--studies",
+            str(studies),
+            "--conf",
+            "models",
+            BUNDLE_NAME,
+            "--conf",
+            "zoo_source",
+            "github",
+            "--conf",
+            "sam2",
+            "false",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
         env={**os.environ, "MONAI_LABEL_DATASTORE_FILE_EXT": '["*.png"]'},
     )
     base = f"http://127.0.0.1:{port}"
@@ -72,7 +112,9 @@ def server(tmp_path_factory):
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"MONAI Label server exited {proc.returncode}:\n{(root / 'server.log').read_text()[-4000:]}")
+                pytest.fail(
+                    f"MONAI Label server exited {proc.returncode}:\n{(root / 'server.log').read_text()[-4000:]}"
+                )
             try:
                 if requests.get(f"{base}/info/", timeout=5).ok:
                     break
@@ -92,7 +134,7 @@ def server(tmp_path_factory):
 
 
 def test_app_lists_the_bundle_with_its_labels(server):
-    from scripts.package import BUNDLE_NAME
+    from tools.package import BUNDLE_NAME
 
     base, _ = server
     info = requests.get(f"{base}/info/", timeout=30).json()
@@ -104,7 +146,7 @@ def test_app_lists_the_bundle_with_its_labels(server):
 
 
 def test_segments_an_image_through_the_rest_api(server, tmp_path):
-    from scripts.package import BUNDLE_NAME
+    from tools.package import BUNDLE_NAME
 
     base, _ = server
     response = requests.post(f"{base}/infer/{BUNDLE_NAME}", params={"image": IMAGE, "output": "image"}, timeout=300)
@@ -119,7 +161,7 @@ def test_segments_an_image_through_the_rest_api(server, tmp_path):
 
 
 def test_trains_one_epoch_through_the_rest_api(server):
-    from scripts.package import BUNDLE_NAME
+    from tools.package import BUNDLE_NAME
 
     base, bundle = server
     before = (bundle / "models" / "model.pt").stat().st_mtime_ns

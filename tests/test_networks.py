@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from scripts.networks import AttentionGate, PlainSkip, R2AttUNet, inflate_state_dict
 
 
@@ -87,7 +88,9 @@ def test_variants():
     assert all(isinstance(level.gate, PlainSkip) for level in plain.decoder)
     gates = [isinstance(level.gate, AttentionGate) for level in full.decoder]
     assert gates == [True, True, False]  # deepest first; no gate at the shallowest depth
-    assert all(isinstance(level.gate, AttentionGate) for level in R2AttUNet(2, 1, 1, channels=ch, top_attention=True).decoder)
+    assert all(
+        isinstance(level.gate, AttentionGate) for level in R2AttUNet(2, 1, 1, channels=ch, top_attention=True).decoder
+    )
     # plain U-Net block: conv(in, out) -> conv(out, out), no 1x1 projection, no recurrence
     assert isinstance(plain.encoder[0].proj, torch.nn.Identity)
     assert plain.encoder[0].units[1].time_steps == 0
@@ -144,10 +147,10 @@ def test_memory_saving_same_outputs_gradients_and_running_stats(precision, spati
         outs.append(out)
     atol = 1e-5 if precision is None else 1e-2
     assert torch.allclose(outs[0].float(), outs[1].float(), atol=atol)
-    for (name, p), q in zip(plain.named_parameters(), saving.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), saving.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=atol, rtol=1e-3), name
     # the backward pass's recomputation must not update BatchNorm's running statistics a second time
-    for (name, b), c in zip(plain.named_buffers(), saving.buffers()):
+    for (name, b), c in zip(plain.named_buffers(), saving.buffers(), strict=True):
         assert torch.allclose(b.float(), c.float(), atol=1e-6), name
 
 

@@ -7,9 +7,10 @@ the model never trained on them.
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, SAMPLE, run_bundle
 from monai.bundle import ConfigParser
 from PIL import Image
+
+from conftest import BUNDLE, SAMPLE, run_bundle
 
 
 def test_shipped_weights_match_network_def():
@@ -27,8 +28,17 @@ def test_shipped_weights_match_network_def():
     [("True", 0.88, 0.78), ("False", 0.85, 0.70)],  # measured: ensemble 0.895 (weakest 0.802), best 0.872 (0.727)
 )
 def test_shipped_weights_segment_the_sample(tmp_path, ensemble, pooled_min, image_min):
-    run_bundle("run", "--config_file", "configs/inference.json", "--output_dir", str(tmp_path), "--progress_bar", "False",
-               "--ensemble", ensemble)
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--output_dir",
+        str(tmp_path),
+        "--progress_bar",
+        "False",
+        "--ensemble",
+        ensemble,
+    )
     tp = fp = fn = 0
     per_image = {}
     for label_file in sorted((SAMPLE / "labels").glob("*.png")):

@@ -12,9 +12,10 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, REPO, SAMPLE, run_bundle
 from monai.bundle import ConfigParser, verify_metadata
 from PIL import Image
+
+from conftest import BUNDLE, REPO, SAMPLE, run_bundle
 
 CONFIGS = BUNDLE / "configs"
 SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
@@ -90,13 +91,24 @@ def exported(tmp_path_factory):
 
     models = tmp_path_factory.mktemp("export") / "models"
     models.mkdir()
-    common = dict(net_id="network_def", ckpt_file=str(BUNDLE / "models" / "model.pt"),
-                  meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"))
+    common = dict(
+        net_id="network_def",
+        ckpt_file=str(BUNDLE / "models" / "model.pt"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+    )
     ckpt_export(filepath=str(models / "model.ts"), **common)
     axes = {0: "batch", 2: "height", 3: "width"}
-    onnx_export(filepath=str(models / "model.onnx"), input_shape=[1, 1, 256, 256], **common,
-                converter_kwargs={"input_names": ["image"], "output_names": ["pred"],
-                                  "dynamic_axes": {"image": axes, "pred": axes}})
+    onnx_export(
+        filepath=str(models / "model.onnx"),
+        input_shape=[1, 1, 256, 256],
+        **common,
+        converter_kwargs={
+            "input_names": ["image"],
+            "output_names": ["pred"],
+            "dynamic_axes": {"image": axes, "pred": axes},
+        },
+    )
     return models
 
 
@@ -146,9 +158,21 @@ def test_inference_runs_from_torchscript(exported, tmp_path):
     ts_models = tmp_path / "ts_models"
     ts_models.mkdir()
     shutil.copy(exported / "model.ts", ts_models)
-    run_bundle("run", "--config_file", "['configs/inference.json','configs/inference_ts.json']",
-               "--logging_file", "configs/logging.conf", "--ckpt_dir", str(ts_models), "--dataset_dir", str(images),
-               "--output_dir", str(tmp_path / "out"), "--progress_bar", "False")
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/inference_ts.json']",
+        "--logging_file",
+        "configs/logging.conf",
+        "--ckpt_dir",
+        str(ts_models),
+        "--dataset_dir",
+        str(images),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--progress_bar",
+        "False",
+    )
     pred = np.asarray(Image.open(tmp_path / "out" / f"{IMAGE}_seg.png")) > 0
     label = np.asarray(Image.open(SAMPLE / "labels" / f"{IMAGE}.png")) > 0
     assert pred.shape == label.shape
@@ -161,11 +185,16 @@ def test_inference_runs_from_torchscript(exported, tmp_path):
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """The release archive written by the README's command."""
-    from scripts.package import BUNDLE_NAME
+    from tools.package import BUNDLE_NAME
 
     out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, "-m", "scripts.package", "--out", str(out)], cwd=BUNDLE,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.package", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     archive = out / f"{BUNDLE_NAME}_v{_metadata()['version']}.zip"
     assert archive.is_file(), list(out.iterdir())
@@ -173,7 +202,7 @@ def release(tmp_path_factory):
 
 
 def test_archive_has_the_model_zoo_layout(release):
-    from scripts.package import BUNDLE_NAME, MAX_FILE_BYTES
+    from tools.package import BUNDLE_NAME, MAX_FILE_BYTES
 
     with zipfile.ZipFile(release) as archive:
         infos = {i.filename: i for i in archive.infolist()}
@@ -181,8 +210,15 @@ def test_archive_has_the_model_zoo_layout(release):
     assert {name.split("/")[0] for name in infos} == {BUNDLE_NAME}  # one top folder named after the bundle
     tops = {name.split("/")[1] for name in infos}
     assert tops == {"configs", "scripts", "models", "docs", "LICENSE", "large_files.yml"}
-    for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json",
-                     "configs/inference_ts.json", "models/model.pt", "docs/README.md", "scripts/networks.py"):
+    for required in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "configs/train.json",
+        "configs/inference_ts.json",
+        "models/model.pt",
+        "docs/README.md",
+        "scripts/networks.py",
+    ):
         assert f"{BUNDLE_NAME}/{required}" in infos, required
     ensemble = sorted(n for n in infos if n.startswith(f"{BUNDLE_NAME}/models/ensemble/"))
     assert len(ensemble) == len(list((BUNDLE / "models" / "ensemble").glob("*.pt")))
@@ -199,7 +235,7 @@ def test_archive_has_the_model_zoo_layout(release):
 
 
 def test_package_refuses_big_files_and_missing_changelog(tmp_path):
-    from scripts.package import MAX_FILE_BYTES, package
+    from tools.package import MAX_FILE_BYTES, package
 
     root = tmp_path / "bundle"
     shutil.copytree(CONFIGS, root / "configs")
@@ -219,7 +255,7 @@ def test_package_refuses_big_files_and_missing_changelog(tmp_path):
 
 
 def test_download_installs_the_archive_and_inference_runs_from_it(release, tmp_path):
-    from scripts.package import BUNDLE_NAME
+    from tools.package import BUNDLE_NAME
 
     bundles = tmp_path / "bundles"
     run_bundle("download", "--name", BUNDLE_NAME, "--url", release.as_uri(), "--bundle_dir", str(bundles))
@@ -228,9 +264,24 @@ def test_download_installs_the_archive_and_inference_runs_from_it(release, tmp_p
         assert _md5(installed / w) == _md5(BUNDLE / w), w
     images = _one_image(tmp_path / "in")
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--dataset_dir", str(images), "--output_dir", str(tmp_path / "out"), "--progress_bar", "False"],
-        cwd=installed, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--dataset_dir",
+            str(images),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--progress_bar",
+            "False",
+        ],
+        cwd=installed,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     pred = np.asarray(Image.open(tmp_path / "out" / f"{IMAGE}_seg.png")) > 0
@@ -257,10 +308,29 @@ def test_mlflow_tracking_with_a_local_store(tmp_path):
     items = [{"image": f"images/{s}.png", "label": f"labels/{s}.png"} for s in small]
     (data / "datalist.json").write_text(json.dumps({"training": items[1:], "validation": items[:1]}))
     run_bundle(
-        "run", "--config_file", "configs/train.json", "--logging_file", "configs/logging.conf",
-        "--tracking", "mlflow", "--experiment_name", "release_test",
-        "--dataset_dir", str(data), "--num_epochs", "1", "--batch_size", str(len(items) - 1), "--num_workers", "0",
-        "--progress_bar", "False", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--tracking",
+        "mlflow",
+        "--experiment_name",
+        "release_test",
+        "--dataset_dir",
+        str(data),
+        "--num_epochs",
+        "1",
+        "--batch_size",
+        str(len(items) - 1),
+        "--num_workers",
+        "0",
+        "--progress_bar",
+        "False",
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "runs"),
     )
     store = tmp_path / "runs" / "mlruns.db"
     assert store.is_file()

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, SAMPLE, run_bundle
 from PIL import Image
+
+from conftest import BUNDLE, SAMPLE, run_bundle
 from scripts.check import InputCheck, check_datalist, check_dsb2018, validated
 from scripts.writers import AtomicPILWriter
 
@@ -35,8 +36,10 @@ def _bad_dataset(root):
     pages = [Image.fromarray(np.zeros((64, 64), np.uint8))] * 2
     pages[0].save(root / "images" / "stack.tif", save_all=True, append_images=pages[1:])
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(root / "labels" / "stack.png")
-    items = [{"image": f"images/{n}", "label": f"labels/{n.split('.')[0]}.png"}
-             for n in ("good.png", "truncated.png", "size.png", "deep.png", "stack.tif")]
+    items = [
+        {"image": f"images/{n}", "label": f"labels/{n.split('.')[0]}.png"}
+        for n in ("good.png", "truncated.png", "size.png", "deep.png", "stack.tif")
+    ]
     items.append({"image": "images/good.png", "label": "labels/good.png"})  # duplicate
     items.append({"image": "images/good.png", "label": "labels/missing.png"})
     (root / "datalist.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
@@ -49,7 +52,9 @@ def test_check_names_every_problem(tmp_path):
     text = "\n".join(map(str, problems))
     assert "truncated.png: unreadable or truncated image" in text
     assert "labels/size.png: mask size (32, 64) differs from image size (64, 64)" in text
-    assert "deep.png: 16/32-bit integer image" in text and "ERROR" not in [str(p)[:5] for p in problems if "deep" in p.path]
+    assert "deep.png: 16/32-bit integer image" in text and "ERROR" not in [
+        str(p)[:5] for p in problems if "deep" in p.path
+    ]
     assert "stack.tif: a stack of 2 pages" in text
     assert "listed 3 times" in text
     assert "missing.png: file not found" in text
@@ -61,9 +66,23 @@ def test_check_names_every_problem(tmp_path):
 
 def test_training_refuses_invalid_data_unless_told(tmp_path):
     _bad_dataset(tmp_path / "data")
-    args = ["run", "--config_file", "configs/train.json", "--dataset_dir", str(tmp_path / "data"),
-            "--num_epochs", "1", "--num_workers", "0", "--progress_bar", "False",
-            "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs")]
+    args = [
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--dataset_dir",
+        str(tmp_path / "data"),
+        "--num_epochs",
+        "1",
+        "--num_workers",
+        "0",
+        "--progress_bar",
+        "False",
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "runs"),
+    ]
     earlier = tmp_path / "models" / "ensemble" / "model_key_metric=0.9.pt"  # an earlier training's ensemble
     earlier.parent.mkdir(parents=True)
     earlier.write_text("x")
@@ -89,13 +108,23 @@ def test_training_refuses_invalid_data_unless_told(tmp_path):
 def test_check_commands(tmp_path, dsb2018_dir):
     sid = SAMPLE_IDS[0]
     (tmp_path / "src" / sid / "images").mkdir(parents=True)
-    (tmp_path / "src" / sid / "images" / f"{sid}.png").write_bytes((dsb2018_dir / sid / "images" / f"{sid}.png").read_bytes())
+    (tmp_path / "src" / sid / "images" / f"{sid}.png").write_bytes(
+        (dsb2018_dir / sid / "images" / f"{sid}.png").read_bytes()
+    )
     assert any("image folder with no masks" in str(p) for p in check_dsb2018(tmp_path / "src"))
-    proc = subprocess.run([sys.executable, "-m", "scripts.check", "dsb2018", "--src", str(tmp_path / "src")],
-                          cwd=BUNDLE, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.check", "dsb2018", "--src", str(tmp_path / "src")],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "image folder with no masks" in proc.stdout and sid in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "scripts.check", "datalist", "--datalist", str(SAMPLE / "datalist.json")],
-                          cwd=BUNDLE, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.check", "datalist", "--datalist", str(SAMPLE / "datalist.json")],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -107,11 +136,32 @@ def test_inference_skips_bad_files_and_exits_nonzero(tmp_path):
     check = InputCheck([{"image": str(p)} for p in sorted((tmp_path / "in").iterdir())])
     assert [os.path.basename(it["image"]) for it in check.good] == ["good.png"]
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True", "--ensemble", "false",
-         "--save_overlay", "false", "--save_probabilities", "false",  # lower-case flags are flags too
-         "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out")],
-        cwd=BUNDLE, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--network_def",
+            "$torch.nn.Identity()",
+            "--handlers#0#_disabled_",
+            "True",
+            "--ensemble",
+            "false",
+            "--save_overlay",
+            "false",
+            "--save_probabilities",
+            "false",  # lower-case flags are flags too
+            "--dataset_dir",
+            str(tmp_path / "in"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "broken.png: unreadable" in proc.stderr and "tiny.tif: image of size (3, 5)" in proc.stderr
     assert sorted(os.listdir(tmp_path / "out")) == ["good_seg.png"]  # every good output, no partial file
@@ -136,15 +186,33 @@ def test_atomic_writer_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def _train_args(root, epochs):
-    return ["run", "--config_file", "configs/train.json", "--logging_file", "configs/logging.conf",
-            "--num_epochs", str(epochs), "--num_workers", "0", "--progress_bar", "False",
-            "--ckpt_dir", str(root / "models"), "--output_dir", str(root / "runs")]
+    return [
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--num_epochs",
+        str(epochs),
+        "--num_workers",
+        "0",
+        "--progress_bar",
+        "False",
+        "--ckpt_dir",
+        str(root / "models"),
+        "--output_dir",
+        str(root / "runs"),
+    ]
 
 
 def test_sigkill_then_resume_then_nan_stop(tmp_path):
     state_dir = tmp_path / "models" / "checkpoints"
-    proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *_train_args(tmp_path, 4)], cwd=BUNDLE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monai.bundle", *_train_args(tmp_path, 4)],
+        cwd=BUNDLE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not list(state_dir.glob("checkpoint_*.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -167,9 +235,20 @@ def test_sigkill_then_resume_then_nan_stop(tmp_path):
 
     before = (state_dir / "checkpoint_4.pt").read_bytes()
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *_train_args(tmp_path, 5), "--resume", "True",
-         "--loss", "$lambda pred, label: pred.mean() * float('nan')"],
-        cwd=BUNDLE, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            *_train_args(tmp_path, 5),
+            "--resume",
+            "True",
+            "--loss",
+            "$lambda pred, label: pred.mean() * float('nan')",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "loss is nan at epoch 5, iteration 1 of 2" in proc.stdout + proc.stderr
     assert (state_dir / "checkpoint_4.pt").read_bytes() == before
@@ -182,18 +261,37 @@ def test_same_seed_same_run(tmp_path):
         args[args.index("--num_workers") + 1] = "2"
         out = run_bundle(*args).stdout
         losses.append([line.split("train_loss:")[1].strip() for line in out.splitlines() if "train_loss:" in line])
-        weights.append(torch.load(tmp_path / run / "models" / "checkpoints" / "checkpoint_2.pt", weights_only=False)["model"])
+        weights.append(
+            torch.load(tmp_path / run / "models" / "checkpoints" / "checkpoint_2.pt", weights_only=False)["model"]
+        )
     assert losses[0] and losses[0] == losses[1]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_mismatched_weights_name_their_configuration(tmp_path):
-    torch.save(__import__("scripts.networks", fromlist=["R2AttUNet"]).R2AttUNet(2, 1, 1, channels=(8, 16, 32)).state_dict(),
-               tmp_path / "model.pt")
+    torch.save(
+        __import__("scripts.networks", fromlist=["R2AttUNet"]).R2AttUNet(2, 1, 1, channels=(8, 16, 32)).state_dict(),
+        tmp_path / "model.pt",
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--ckpt_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--ensemble", "False"],
-        cwd=BUNDLE, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--ckpt_dir",
+            str(tmp_path),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--ensemble",
+            "False",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert "they belong to R2AttUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32]" in proc.stderr
 
@@ -208,14 +306,32 @@ def test_large_image_goes_through_sliding_windows(tmp_path):
     Image.fromarray(image).save(tmp_path / "in" / "large.png")
     script = (
         "import resource, runpy, sys; sys.argv = sys.argv[1:]; "
-        "exec('try:\\n runpy.run_module(\"monai.bundle\", run_name=\"__main__\")\\nexcept SystemExit as e:\\n code = e.code\\nelse:\\n code = 0'); "
+        'exec(\'try:\\n runpy.run_module("monai.bundle", run_name="__main__")\\nexcept SystemExit as e:\\n code = e.code\\nelse:\\n code = 0\'); '  # noqa: B950
         "print('peak_rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(code)"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script, "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "False",
-         "--ensemble", "False"],
-        cwd=BUNDLE, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-c",
+            script,
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--dataset_dir",
+            str(tmp_path / "in"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--progress_bar",
+            "False",
+            "--ensemble",
+            "False",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seg = Image.open(tmp_path / "out" / "large_seg.png")
     assert seg.size == (4096, 4096)
@@ -239,9 +355,25 @@ def test_finetune_without_weights_names_the_option_and_keeps_the_ensemble(tmp_pa
     earlier.parent.mkdir(parents=True)
     earlier.write_text("x")
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.json", "--finetune", "true",
-         "--ckpt_dir", str(tmp_path / "new"), "--output_dir", str(tmp_path / "runs")],
-        cwd=BUNDLE, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/train.json",
+            "--finetune",
+            "true",
+            "--ckpt_dir",
+            str(tmp_path / "new"),
+            "--output_dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert f"--finetune true: no weights at finetune_model_path {tmp_path / 'new'}/model.pt" in proc.stderr
     assert "--finetune_model_path models/model.pt" in proc.stderr and earlier.is_file()
@@ -251,8 +383,17 @@ def test_finetune_without_weights_names_the_option_and_keeps_the_ensemble(tmp_pa
 def test_finetune_starts_from_given_weights(tmp_path, ema_momentum):
     """With --ema_momentum the saved weights are the average, which must start from the fine-tuned weights too."""
     shipped = BUNDLE / "models" / "model.pt"
-    out = run_bundle(*_train_args(tmp_path, 1), "--finetune", "True", "--finetune_model_path", str(shipped),
-                     "--learning_rate", "0.0", "--ema_momentum", ema_momentum).stdout
+    out = run_bundle(
+        *_train_args(tmp_path, 1),
+        "--finetune",
+        "True",
+        "--finetune_model_path",
+        str(shipped),
+        "--learning_rate",
+        "0.0",
+        "--ema_momentum",
+        ema_momentum,
+    ).stdout
     assert f"Restored all variables from {shipped}" in out
     start = torch.load(shipped, map_location="cpu")
     tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
@@ -264,6 +405,7 @@ def test_state_saver_interval(tmp_path):
     """--checkpoint_interval k writes the full training state every k epochs and after the last one, and keeps the
     newest file only."""
     from ignite.engine import Engine, Events
+
     from scripts.handlers import TrainingStateSaver, latest_checkpoint
 
     net = torch.nn.Linear(2, 1)
@@ -271,7 +413,9 @@ def test_state_saver_interval(tmp_path):
     engine = Engine(lambda e, b: None)
     TrainingStateSaver(str(tmp_path), state, save_interval=2).attach(engine)
     written = []
-    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: written.append(sorted(p.name for p in tmp_path.iterdir())))
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: written.append(sorted(p.name for p in tmp_path.iterdir()))
+    )
     engine.run([0], max_epochs=5)
     assert written == [[], ["checkpoint_2.pt"], ["checkpoint_2.pt"], ["checkpoint_4.pt"], ["checkpoint_5.pt"]]
     assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_5.pt")
@@ -283,6 +427,7 @@ def test_weight_ema_starts_at_training_start_and_resumes(tmp_path):
     """WeightEMA: the average starts from the weights the network has when the trainer starts (after a fine-tune
     load), follows ema = (1 - m) * ema + m * weights, and a resumed run keeps the average its checkpoint restored."""
     from ignite.engine import Engine, Events
+
     from scripts.handlers import WeightEMA
 
     net = torch.nn.Linear(1, 1, bias=False)

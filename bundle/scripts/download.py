@@ -108,7 +108,9 @@ def download_dsb2018(
         logger.warning(f"{archive} does not match md5 {md5}: downloading it again.")
         archive.unlink()
     with _reaching(url, archive):
-        download_and_extract(url, filepath=str(archive), output_dir=str(extract_dir), hash_val=md5, hash_type="md5", progress=progress)
+        download_and_extract(
+            url, filepath=str(archive), output_dir=str(extract_dir), hash_val=md5, hash_type="md5", progress=progress
+        )
     # the official archive holds the id folders at its top; some mirrors wrap them in a stage1_train/ folder
     nested = extract_dir / "stage1_train"
     root = nested if nested.is_dir() else extract_dir

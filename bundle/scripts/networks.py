@@ -75,7 +75,7 @@ def _checkpointed(function: Callable[..., torch.Tensor], module: nn.Module, *inp
             return function(*args)
         finally:  # also when checkpoint stops the recomputation early
             with torch.no_grad():
-                for b, s in zip(buffers, saved):
+                for b, s in zip(buffers, saved, strict=True):
                     b.copy_(s)
 
     return torch.utils.checkpoint.checkpoint(run, *inputs, use_reentrant=False)
@@ -127,7 +127,9 @@ class R2Block(nn.Module):
         return y
 
     @torch.jit.unused
-    def recompute(self, head: Callable[..., torch.Tensor] | None, owner: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+    def recompute(
+        self, head: Callable[..., torch.Tensor] | None, owner: nn.Module, *inputs: torch.Tensor
+    ) -> torch.Tensor:
         """Memory-saving training forward of ``self(head(*inputs))`` (``head=None``: ``self(inputs[0])``).
 
         Three checkpointed segments: ``head`` with the 1x1 projection, then each recurrent unit. Training keeps only
@@ -296,7 +298,7 @@ class R2AttUNet(nn.Module):
         channels = [int(c) for c in channels]
         if len(channels) < 2:
             raise ValueError(f"channels needs at least 2 levels, got {channels}.")
-        if any(b != 2 * a for a, b in zip(channels[:-1], channels[1:])):
+        if any(b != 2 * a for a, b in zip(channels[:-1], channels[1:], strict=True)):
             raise ValueError(f"channels must double at each level, got {channels}.")
         depth = len(channels) - 1
         strides = [2] * depth if strides is None else list(strides)
@@ -351,7 +353,9 @@ class R2AttUNet(nn.Module):
     def reset_parameters(self) -> None:
         """He-normal (fan-in, ReLU gain) convolution weights, zero biases, unit BN (paper section V.B)."""
         for m in self.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            if isinstance(
+                m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+            ):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)

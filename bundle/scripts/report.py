@@ -41,13 +41,26 @@ from scripts import quiet
 from scripts.data import load_datalist
 
 __all__ = [
-    "score_predictions", "plot_examples", "plot_training_curves", "main", "score_volume", "volumes", "parse_log", "logs",
-    "score_tolerance", "tolerance",
+    "score_predictions",
+    "plot_examples",
+    "plot_training_curves",
+    "main",
+    "score_volume",
+    "volumes",
+    "parse_log",
+    "logs",
+    "score_tolerance",
+    "tolerance",
 ]
 
 _POOLED = ("f1 score", "precision", "sensitivity", "accuracy", "threat score")
-_NAMES = {"f1 score": "pooled Dice", "precision": "precision", "sensitivity": "recall", "accuracy": "accuracy",
-          "threat score": "pooled IoU"}
+_NAMES = {
+    "f1 score": "pooled Dice",
+    "precision": "precision",
+    "sensitivity": "recall",
+    "accuracy": "accuracy",
+    "threat score": "pooled IoU",
+}
 
 
 def _mask(path: str | os.PathLike) -> torch.Tensor:
@@ -60,7 +73,9 @@ def _prediction_and_label(item: dict, pred_dir: Path) -> tuple[torch.Tensor, tor
     stem = Path(item["image"]).stem
     pred, label = _mask(pred_dir / f"{stem}_seg.png"), _mask(item["label"])
     if pred.shape != label.shape:
-        raise ValueError(f"{pred_dir / (stem + '_seg.png')}: size {pred.shape[2:]} differs from label {label.shape[2:]}")
+        raise ValueError(
+            f"{pred_dir / (stem + '_seg.png')}: size {pred.shape[2:]} differs from label {label.shape[2:]}"
+        )
     return pred, label
 
 
@@ -82,7 +97,7 @@ def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
             per_image(pred, label)
         values = [float(v) for v in pooled.aggregate()]
         results[name] = {"images": len(members), "mean Dice": float(per_image.aggregate())}
-        results[name].update({_NAMES[m]: v for m, v in zip(_POOLED, values)})
+        results[name].update({_NAMES[m]: v for m, v in zip(_POOLED, values, strict=True)})
     return results
 
 
@@ -109,7 +124,9 @@ def _plot_grid(rows: list[list[tuple]], out_file: str | os.PathLike, panel: floa
     plt.close(fig)
 
 
-def plot_examples(items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, per_group: int = 2) -> None:
+def plot_examples(
+    items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, per_group: int = 2
+) -> None:
     """A grid with one row per example (``per_group`` of each image type): image, ground truth, prediction and
     the errors (green: true positive, red: false positive, blue: false negative)."""
     by_group: dict[str, list[dict]] = defaultdict(list)
@@ -122,9 +139,14 @@ def plot_examples(items: list[dict], pred_dir: str | os.PathLike, out_file: str 
         label = np.asarray(Image.open(it["label"]).convert("L")) > 0
         pred = np.asarray(Image.open(Path(pred_dir) / f"{stem}_seg.png")) > 0
         dice = 2 * (pred & label).sum() / max(pred.sum() + label.sum(), 1)
-        rows.append([(image, "gray", f"{it.get('group', '')} {stem[:8]} {image.shape[1]}x{image.shape[0]}"),
-                     (label, "gray", "ground truth"), (pred, "gray", "prediction"),
-                     (_errors(pred, label), None, f"errors, Dice {dice:.3f}")])
+        rows.append(
+            [
+                (image, "gray", f"{it.get('group', '')} {stem[:8]} {image.shape[1]}x{image.shape[0]}"),
+                (label, "gray", "ground truth"),
+                (pred, "gray", "prediction"),
+                (_errors(pred, label), None, f"errors, Dice {dice:.3f}"),
+            ]
+        )
     _plot_grid(rows, out_file, panel=3, dpi=80, fontsize=9)
 
 
@@ -149,8 +171,10 @@ def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike)
         raise ValueError(f"no val_mean_dice in the TensorBoard logs of {tb_dir}")
     epochs = sorted(dice)
     iters_per_epoch = max(loss) // max(epochs) if loss else 1
-    epoch_loss = [np.mean([v for s, v in loss.items() if (e - 1) * iters_per_epoch < s <= e * iters_per_epoch] or [np.nan])
-                  for e in epochs]
+    epoch_loss = [
+        np.mean([v for s, v in loss.items() if (e - 1) * iters_per_epoch < s <= e * iters_per_epoch] or [np.nan])
+        for e in epochs
+    ]
     fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot(epochs, epoch_loss, "C0-", label="training loss (Focal Tversky)")
     ax1.set_xlabel("epoch")
@@ -182,8 +206,11 @@ def parse_log(path: str | os.PathLike) -> dict:
     if not points or steps_per_epoch is None:
         raise ValueError(f"{path}: no training iterations or no val_mean_dice lines (a monai.bundle run training log?)")
     epochs = sorted(points)
-    return {"steps_per_epoch": steps_per_epoch, "steps": [e * steps_per_epoch for e in epochs],
-            "val_mean_dice": [points[e] for e in epochs]}
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "steps": [e * steps_per_epoch for e in epochs],
+        "val_mean_dice": [points[e] for e in epochs],
+    }
 
 
 def _named_paths(value: Any, option: str) -> dict:
@@ -210,7 +237,13 @@ def logs(logs: dict, out: str) -> dict:
     for i, (name, c) in enumerate(curves.items()):
         best = int(np.argmax(c["val_mean_dice"]))
         c["best_step"], c["best_val_mean_dice"] = c["steps"][best], c["val_mean_dice"][best]
-        ax.plot(c["steps"], c["val_mean_dice"], f"C{i}-o", markersize=3, label=f"{name} (best {c['best_val_mean_dice']:.3f})")
+        ax.plot(
+            c["steps"],
+            c["val_mean_dice"],
+            f"C{i}-o",
+            markersize=3,
+            label=f"{name} (best {c['best_val_mean_dice']:.3f})",
+        )
         ax.plot(c["best_step"], c["best_val_mean_dice"], f"C{i}*", markersize=12)
         print(f"{name}: best validation mean Dice {c['best_val_mean_dice']:.4f} at step {c['best_step']}")
     ax.set_xlabel("training step")
@@ -240,7 +273,9 @@ def main(datalist: str, pred_dir: str, out: str, key: str = "validation", tb_dir
     header = "| images | n | " + " | ".join(k for k in next(iter(report["scores"].values())) if k != "images") + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, s in report["scores"].items():
-        lines.append(f"| {name} | {s['images']} | " + " | ".join(f"{v:.4f}" for k, v in s.items() if k != "images") + " |")
+        lines.append(
+            f"| {name} | {s['images']} | " + " | ".join(f"{v:.4f}" for k, v in s.items() if k != "images") + " |"
+        )
     print("\n".join(lines))
 
 
@@ -253,7 +288,7 @@ def score_volume(pred: np.ndarray, label: np.ndarray) -> dict:
     pooled(p, t)
     sections = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
     sections(p[0].permute(3, 0, 1, 2), t[0].permute(3, 0, 1, 2))  # (Z, 1, X, Y): one Dice per section
-    scores = {_NAMES[m]: float(v) for m, v in zip(_POOLED, pooled.aggregate())}
+    scores = {_NAMES[m]: float(v) for m, v in zip(_POOLED, pooled.aggregate(), strict=False)}
     scores["mean section Dice"] = float(sections.aggregate())
     return scores
 
@@ -342,13 +377,25 @@ def score_tolerance(pairs: list[tuple[np.ndarray, np.ndarray]], pixels: tuple[fl
     return scores
 
 
-def tolerance(datalist: str, pred_dir: str, key: str = "validation", pixels: tuple = (1, 2), out: str | None = None) -> dict:
+def tolerance(
+    datalist: str, pred_dir: str, key: str = "validation", pixels: tuple = (1, 2), out: str | None = None
+) -> dict:
     """:func:`score_tolerance` of ``<pred_dir>/<stem>_seg.png`` against the labels of the ``key`` split, printed as a
     table and, with ``out``, written to that JSON file."""
-    pairs = [tuple(m[0, 0].numpy() for m in _prediction_and_label(it, Path(pred_dir))) for it in load_datalist(datalist, key)]
+    pairs = [
+        tuple(m[0, 0].numpy() for m in _prediction_and_label(it, Path(pred_dir))) for it in load_datalist(datalist, key)
+    ]
     pixels = tuple(pixels) if isinstance(pixels, (list, tuple)) else (pixels,)
     scores = score_tolerance(pairs, pixels)
-    print("| " + " | ".join(scores) + " |\n" + "|---" * len(scores) + "|\n| " + " | ".join(f"{v:.4f}" for v in scores.values()) + " |")
+    print(
+        "| "
+        + " | ".join(scores)
+        + " |\n"
+        + "|---" * len(scores)
+        + "|\n| "
+        + " | ".join(f"{v:.4f}" for v in scores.values())
+        + " |"
+    )
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"split": key, "images": len(pairs), "scores": scores}, indent=4))

@@ -12,7 +12,7 @@ overrides, in a subprocess; a row whose ``result.json`` exists is skipped, so an
 Training uses a seeded stratified subset of the datalist's ``training`` split (a few images of it held out to pick
 the best checkpoint); scores come from its ``validation`` split, which training never sees.
 
-``python -m scripts.ablation --table 1 [--scale cpu|paper] [--seeds "[0,1]"] [--out runs/ablation] [--docs docs]``
+``python -m tools.ablation --table 1 [--scale cpu|paper] [--seeds "[0,1]"] [--out runs/ablation] [--docs docs]``
 
 writes ``<docs>/ablation_table<N>.csv`` (one line per row and seed), ``<docs>/ablation_table<N>.md`` (ours, mean and
 standard deviation over seeds, beside the paper's numbers, and a Wilcoxon signed-rank test across validation images
@@ -65,7 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUNDLE = Path(__file__).resolve().parents[1]
+from tools import BUNDLE  # noqa: E402
 
 # the paper's metric columns, as named in the bundle's evaluate.json
 METRICS = {
@@ -107,15 +107,20 @@ class Row:
 
     @property
     def loss_label(self) -> str:
-        names = {"focal_tversky": "Focal Tversky", "tversky": "Tversky", "dice": "Dice", "bce": "BCE",
-                 "bce_dice": "BCE + Dice"}
+        names = {
+            "focal_tversky": "Focal Tversky",
+            "tversky": "Tversky",
+            "dice": "Dice",
+            "bce": "BCE",
+            "bce_dice": "BCE + Dice",
+        }
         sym = {"alpha": "α", "beta": "β", "gamma": "γ"}
         p = ", ".join(f"{sym[k]}={self.params[k]:g}" for k in ("alpha", "beta", "gamma") if k in self.params)
         return f"{names[self.loss]} {p}".strip()
 
 
 def _paper(values: tuple, names: tuple = ("dice", "precision", "recall", "accuracy", "roc_auc", "kappa")) -> dict:
-    return dict(zip(names, values))
+    return dict(zip(names, values, strict=False))
 
 
 def _ft(a: float, b: float, g: float) -> dict:
@@ -148,7 +153,8 @@ TABLE1: list[Row] = [
 # network_def switches of each variant
 VARIANTS: dict[str, tuple[str, dict]] = {
     "r2attunet": (
-        "R2AttU-Net (recurrent residual + attention)", {"recurrent": True, "residual": True, "attention": True}
+        "R2AttU-Net (recurrent residual + attention)",
+        {"recurrent": True, "residual": True, "attention": True},
     ),
     "rattunet": ("Recurrent U-Net + attention", {"recurrent": True, "residual": False, "attention": True}),
     "r2unet": ("R2U-Net (recurrent residual)", {"recurrent": True, "residual": True, "attention": False}),
@@ -167,8 +173,13 @@ _T2_PAPER = {
 }
 # Table 2 of the paper (test images) and the two baselines, all with the Focal Tversky loss (0.3, 0.7, 0.75)
 TABLE2: list[Row] = [
-    Row("focal_tversky", dict(FTL), variant=v, dataset=d,
-        paper=_paper(_T2_PAPER[(v, d)], _T2) if (v, d) in _T2_PAPER else None)
+    Row(
+        "focal_tversky",
+        dict(FTL),
+        variant=v,
+        dataset=d,
+        paper=_paper(_T2_PAPER[(v, d)], _T2) if (v, d) in _T2_PAPER else None,
+    )
     for d in ("dsb2018", "isbi2012")
     for v in VARIANTS
 ]
@@ -202,15 +213,28 @@ SCALES = {
     # fits a shared 2-core CPU: both tables (28 settings) with 2 seeds took 47 minutes, 2 rows at a time
     "cpu": Scale(),
     # the paper's: channels 64..1024, 256x256, 20 epochs, batch 4, lr 1e-4, all training images (30 held out)
-    "paper": Scale(channels=(64, 128, 256, 512, 1024), patch_size=(256, 256), infer_roi=(256, 256), num_epochs=20,
-                   em_epochs=20,
-                   learning_rate=1e-4, batch_size=4, train_images=None, select_images=30, num_workers=2),
+    "paper": Scale(
+        channels=(64, 128, 256, 512, 1024),
+        patch_size=(256, 256),
+        infer_roi=(256, 256),
+        num_epochs=20,
+        em_epochs=20,
+        learning_rate=1e-4,
+        batch_size=4,
+        train_images=None,
+        select_images=30,
+        num_workers=2,
+    ),
 }
 
 # dataset -> (default datalist, extra configs for training, extra configs for evaluation)
 DATASETS: dict[str, tuple[str, list[str], list[str]]] = {
-    "dsb2018": ("/work/data/dsb2018/datalist.json", [], []),
-    "isbi2012": ("/work/data/isbi2012/datalist.json", ["configs/em2d.json"], ["configs/em2d.json"]),
+    "dsb2018": (str(BUNDLE / "data" / "dsb2018" / "datalist.json"), [], []),
+    "isbi2012": (
+        str(BUNDLE / "data" / "isbi2012" / "prepared" / "datalist.json"),
+        ["configs/em2d.json"],
+        ["configs/em2d.json"],
+    ),
 }
 
 
@@ -223,24 +247,46 @@ def table_rows(table: int) -> list[Row]:
 
 def row_overrides(row: Row, scale: Scale, seed: int) -> list[str]:
     """``monai.bundle run`` arguments that set ``row``'s loss and network at ``scale`` with ``seed``."""
-    args = ["--loss", f"@losses#{row.loss}"]
+    # the paper's ablations score pixel masks: one output channel, no objects (as the EM presets)
+    args = [
+        "--loss",
+        f"@losses#{row.loss}",
+        "--objects",
+        "False",
+        "--object_metrics",
+        "{}",
+        "--network_def#out_channels",
+        "1",
+    ]
     for k, v in sorted(row.params.items()):
         args += [f"--losses#{row.loss}#{k}", repr(float(v))]
     for k, v in VARIANTS[row.variant][1].items():
         args += [f"--network_def#{k}", str(bool(v))]  # "True"/"False": fire reads "false" as a string
     args += [
-        "--network_def#channels", json.dumps(list(scale.channels)),
-        "--patch_size", json.dumps(list(scale.patch_size)),
-        "--learning_rate", repr(float(scale.learning_rate)),
-        "--num_epochs", str(scale.em_epochs if row.dataset == "isbi2012" else scale.num_epochs),
-        "--val_interval", "1",
-        "--num_workers", str(scale.num_workers),
-        "--seed", str(int(seed)),
-        "--progress_bar", "false",
+        "--network_def#channels",
+        json.dumps(list(scale.channels)),
+        "--patch_size",
+        json.dumps(list(scale.patch_size)),
+        "--learning_rate",
+        repr(float(scale.learning_rate)),
+        "--num_epochs",
+        str(scale.em_epochs if row.dataset == "isbi2012" else scale.num_epochs),
+        "--val_interval",
+        "1",
+        "--num_workers",
+        str(scale.num_workers),
+        "--seed",
+        str(int(seed)),
+        "--progress_bar",
+        "false",
     ]
     if row.dataset != "isbi2012":  # em2d.json draws several patches per image and has its own inferer
-        args += ["--batch_size", str(scale.batch_size),
-                 "--validate#inferer#inferer#roi_size", json.dumps(list(scale.infer_roi))]
+        args += [
+            "--batch_size",
+            str(scale.batch_size),
+            "--validate#inferer#inferer#roi_size",
+            json.dumps(list(scale.infer_roi)),
+        ]
     else:
         args += ["--batch_size", str(scale.em_batch_size), "--samples_per_image", str(scale.em_samples_per_image)]
     return args
@@ -257,7 +303,7 @@ def _stratified_draw(items: list[dict], n: int, rng: np.random.Generator) -> lis
     take = np.floor(quota).astype(int)
     for j in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
         take[j] += 1
-    chosen = {int(i) for g, k in zip(names, take) for i in rng.permutation(groups[g])[:k]}
+    chosen = {int(i) for g, k in zip(names, take, strict=False) for i in rng.permutation(groups[g])[:k]}
     return [it for i, it in enumerate(items) if i in chosen]
 
 
@@ -312,7 +358,9 @@ def _interior_config(path: Path) -> Path:
         for name, metric in (("pooled_dice", "f1 score"), ("precision", "precision"), ("recall", "sensitivity"))
     }
     metrics[f"validate#additional_metrics#{INTERIOR_METRICS['dice']}"] = {
-        "_target_": "MeanDice", "include_background": True, "output_transform": complement,
+        "_target_": "MeanDice",
+        "include_background": True,
+        "output_transform": complement,
     }
     write_json_atomic(metrics, path)
     return path
@@ -334,8 +382,14 @@ def read_eval(eval_dir: str | os.PathLike) -> tuple[dict, dict]:
     return metrics, per_image
 
 
-def run_row(row: Row, seed: int, scale: Scale, datalists: tuple[str | os.PathLike, str | os.PathLike],
-            out: str | os.PathLike, python: str = sys.executable) -> dict:
+def run_row(
+    row: Row,
+    seed: int,
+    scale: Scale,
+    datalists: tuple[str | os.PathLike, str | os.PathLike],
+    out: str | os.PathLike,
+    python: str = sys.executable,
+) -> dict:
     """Train on ``datalists[0]`` and evaluate on ``datalists[1]`` (see :func:`subset_datalist`) ``row`` with ``seed``
     under ``out/<dataset>/<row.key>/seed<seed>`` unless its ``result.json`` exists; returns the result (scores,
     per-image Dice of the bundle's foreground, seconds)."""
@@ -352,12 +406,18 @@ def run_row(row: Row, seed: int, scale: Scale, datalists: tuple[str | os.PathLik
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     _, train_configs, eval_configs = DATASETS[row.dataset]
     common = row_overrides(row, scale, seed) + [
-        "--ckpt_dir", str((row_dir / "models").resolve()),
-        "--output_dir", str((row_dir / "runs").resolve()),
+        "--ckpt_dir",
+        str((row_dir / "models").resolve()),
+        "--output_dir",
+        str((row_dir / "runs").resolve()),
     ]
     mb = [python, "-m", "monai.bundle", "run", "--config_file"]
-    train_cmd = mb + [json.dumps(["configs/train.json", *train_configs])] + common + [
-        "--datalist", str(Path(datalists[0]).resolve())]
+    train_cmd = (
+        mb
+        + [json.dumps(["configs/train.json", *train_configs])]
+        + common
+        + ["--datalist", str(Path(datalists[0]).resolve())]
+    )
     if not done.is_file():  # resume: a finished training is not repeated when only evaluation failed
         train_s = _run(train_cmd, row_dir / "train.log", env)
         write_json_atomic({"seconds": train_s, "scale": this_scale}, done)
@@ -366,8 +426,12 @@ def run_row(row: Row, seed: int, scale: Scale, datalists: tuple[str | os.PathLik
     if row.dataset == "isbi2012":
         configs.append(str(_interior_config(row_dir / "interior_metrics.json").resolve()))
     eval_dir = (row_dir / "eval").resolve()
-    eval_cmd = mb + [json.dumps(configs)] + common + [
-        "--datalist", str(Path(datalists[1]).resolve()), "--ensemble", "false", "--eval_dir", str(eval_dir)]
+    eval_cmd = (
+        mb
+        + [json.dumps(configs)]
+        + common
+        + ["--datalist", str(Path(datalists[1]).resolve()), "--ensemble", "false", "--eval_dir", str(eval_dir)]
+    )
     eval_s = _run(eval_cmd, row_dir / "eval.log", env)
     metrics, per_image = read_eval(eval_dir / "best")
     groups: dict[str, list[float]] = {}
@@ -376,10 +440,17 @@ def run_row(row: Row, seed: int, scale: Scale, datalists: tuple[str | os.PathLik
         if "group" in it and name in per_image:
             groups.setdefault(it["group"], []).append(per_image[name])
     result = {
-        "key": row.key, "dataset": row.dataset, "seed": seed, "scale": asdict(scale),
-        "metrics": metrics, "per_image_dice": per_image,
-        "group_dice": {g: float(np.mean(v)) for g, v in sorted(groups.items())}, "train_seconds": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1), "train_command": train_cmd, "eval_command": eval_cmd,
+        "key": row.key,
+        "dataset": row.dataset,
+        "seed": seed,
+        "scale": asdict(scale),
+        "metrics": metrics,
+        "per_image_dice": per_image,
+        "group_dice": {g: float(np.mean(v)) for g, v in sorted(groups.items())},
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "train_command": train_cmd,
+        "eval_command": eval_cmd,
     }
     write_json_atomic(result, result_file)
     return json.loads(result_file.read_text())
@@ -410,12 +481,14 @@ def aggregate(rows: list[Row], results: dict) -> list[dict]:
             entry["seeds"][name] = vals
             entry[name] = (
                 (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"))
-                if vals else (float("nan"), float("nan"))
+                if vals
+                else (float("nan"), float("nan"))
             )
         entry["rank_dice"] = float(np.mean([r["metrics"]["val_mean_dice"] for r in runs])) if runs else float("nan")
         groups = sorted({g for r in runs for g in r.get("group_dice", {})})
-        entry["group_dice"] = {g: float(np.mean([r["group_dice"][g] for r in runs if g in r.get("group_dice", {})]))
-                               for g in groups}
+        entry["group_dice"] = {
+            g: float(np.mean([r["group_dice"][g] for r in runs if g in r.get("group_dice", {})])) for g in groups
+        }
         entry["minutes"] = sum(r["train_seconds"] + r["eval_seconds"] for r in runs) / 60
         table.append(entry)
     return table
@@ -461,14 +534,38 @@ def write_csv(table: int, results: dict, path: str | os.PathLike) -> None:
     names = [*METRICS, *MEMBRANE_METRICS]
     runs = [r for row in table_rows(table) for r in results.get((row.key, row.dataset), [])]
     groups = sorted({g for r in runs for g in r.get("group_dice", {})})
-    w.writerow(["table", "dataset", "network", "loss", "alpha", "beta", "gamma", "seed", *names,
-                *(f"dice_{g}" for g in groups), "train_seconds", "eval_seconds"])
+    w.writerow(
+        [
+            "table",
+            "dataset",
+            "network",
+            "loss",
+            "alpha",
+            "beta",
+            "gamma",
+            "seed",
+            *names,
+            *(f"dice_{g}" for g in groups),
+            "train_seconds",
+            "eval_seconds",
+        ]
+    )
     for row in table_rows(table):
         for r in sorted(results.get((row.key, row.dataset), []), key=lambda r: r["seed"]):
             vals = [score(r, n) for n in names] + [r.get("group_dice", {}).get(g, np.nan) for g in groups]
-            w.writerow([table, row.dataset, row.variant, row.loss,
-                        *(row.params.get(k, "") for k in ("alpha", "beta", "gamma")), r["seed"],
-                        *("" if np.isnan(v) else f"{v:.4f}" for v in vals), r["train_seconds"], r["eval_seconds"]])
+            w.writerow(
+                [
+                    table,
+                    row.dataset,
+                    row.variant,
+                    row.loss,
+                    *(row.params.get(k, "") for k in ("alpha", "beta", "gamma")),
+                    r["seed"],
+                    *("" if np.isnan(v) else f"{v:.4f}" for v in vals),
+                    r["train_seconds"],
+                    r["eval_seconds"],
+                ]
+            )
     _write_text_atomic(buf.getvalue(), path)
 
 
@@ -501,60 +598,97 @@ def comparisons(table: int, agg: list[dict], results: dict) -> list[tuple[str, s
             return {**paired_test(per[a["row"].key], per[b["row"].key]), "seed_diffs": by_seed}
 
         out.append((ds, "winner vs runner-up", done[0], done[1], test(done[0], done[1])))
-        pick = next((e for e in done if (e["row"].params == FTL and e["row"].variant == "r2attunet")
-                     and e["row"].loss == "focal_tversky"), None)
+        pick = next(
+            (
+                e
+                for e in done
+                if (e["row"].params == FTL and e["row"].variant == "r2attunet") and e["row"].loss == "focal_tversky"
+            ),
+            None,
+        )
         other = done[0] if table == 1 else next((e for e in done if e["row"].variant == "unet"), None)
         same = {id(pick), id(other)} == {id(done[0]), id(done[1])}  # already tested as winner vs runner-up
         if pick is not None and other is not None and other is not pick and not same:
-            out.append((ds, "paper's pick vs " + ("winner" if other is done[0] else "U-Net"), pick, other,
-                        test(pick, other)))
+            out.append(
+                (ds, "paper's pick vs " + ("winner" if other is done[0] else "U-Net"), pick, other, test(pick, other))
+            )
     return out
 
 
 def markdown_table(table: int, agg: list[dict], results: dict) -> str:
     """The table in markdown: ours (mean ± sd over seeds) beside the paper's numbers, then the paired test."""
     cols = ["dice", "precision", "recall", "accuracy", "roc_auc"] + (["kappa"] if table == 1 else [])
-    head = {"dice": "Dice", "precision": "precision", "recall": "recall", "accuracy": "accuracy",
-            "roc_auc": "ROC AUC", "kappa": "Cohen κ", "membrane_dice": "membrane Dice",
-            "membrane_precision": "membrane precision", "membrane_recall": "membrane recall"}
+    head = {
+        "dice": "Dice",
+        "precision": "precision",
+        "recall": "recall",
+        "accuracy": "accuracy",
+        "roc_auc": "ROC AUC",
+        "kappa": "Cohen κ",
+        "membrane_dice": "membrane Dice",
+        "membrane_precision": "membrane precision",
+        "membrane_recall": "membrane recall",
+    }
     extra = ["pooled_dice"] + (["membrane_dice", "membrane_precision", "membrane_recall"] if table == 2 else [])
     head["pooled_dice"] = "pooled Dice"
     groups = sorted({g for e in agg for g in e.get("group_dice", {})})
     lines = []
     first = "| loss |" if table == 1 else "| dataset | network |"
-    lines.append(first + " seeds |" + "".join(f" {head[c]} (ours) | {head[c]} (paper) |" for c in cols)
-                 + "".join(f" {head[c]} (ours) |" for c in extra)
-                 + (f" Dice per type: {' / '.join(groups)} (ours) |" if groups else "")
-                 + " foreground share implied (paper) |")
+    lines.append(
+        first
+        + " seeds |"
+        + "".join(f" {head[c]} (ours) | {head[c]} (paper) |" for c in cols)
+        + "".join(f" {head[c]} (ours) |" for c in extra)
+        + (f" Dice per type: {' / '.join(groups)} (ours) |" if groups else "")
+        + " foreground share implied (paper) |"
+    )
     lines.append("|" + "---|" * (first.count("|") - 1 + 1 + 2 * len(cols) + len(extra) + bool(groups) + 1))
     for e in agg:
         row = e["row"]
         lead = f"| {row.loss_label} |" if table == 1 else f"| {row.dataset} | {VARIANTS[row.variant][0]} |"
         paper = row.paper or {}
-        cells = "".join(
-            f" {_fmt(e[c])} | {paper[c]:.2f} |" if c in paper else f" {_fmt(e[c])} | – |" for c in cols
+        cells = "".join(f" {_fmt(e[c])} | {paper[c]:.2f} |" if c in paper else f" {_fmt(e[c])} | – |" for c in cols)
+        implied = (
+            f"{implied_foreground_share(paper['precision'], paper['recall'], paper['accuracy']):.2f}" if paper else "–"
         )
-        implied = (f"{implied_foreground_share(paper['precision'], paper['recall'], paper['accuracy']):.2f}"
-                   if paper else "–")
-        per_type = (" " + " / ".join(f"{e['group_dice'][g]:.2f}" if g in e.get("group_dice", {}) else "–"
-                                     for g in groups) + " |") if groups else ""
-        lines.append(f"{lead} {e['n_seeds']} |{cells}" + "".join(f" {_fmt(e[c])} |" for c in extra) + per_type
-                     + f" {implied} |")
+        per_type = (
+            (
+                " "
+                + " / ".join(f"{e['group_dice'][g]:.2f}" if g in e.get("group_dice", {}) else "–" for g in groups)
+                + " |"
+            )
+            if groups
+            else ""
+        )
+        lines.append(
+            f"{lead} {e['n_seeds']} |{cells}" + "".join(f" {_fmt(e[c])} |" for c in extra) + per_type + f" {implied} |"
+        )
     lines.append("")
-    lines.append("Ours: mean ± standard deviation over seeds. Dice: mean per-image Dice; pooled Dice, precision, "
-                 "recall, accuracy: over all pixels of the validation split; ROC AUC over all pixels' probabilities."
-                 + (" ISBI 2012: Dice, pooled Dice, precision and recall score the cell interior (the complement of"
-                    " the bundle's membrane foreground), as the paper's numbers do; the membrane columns score the"
-                    " bundle's own foreground. Accuracy and ROC AUC are the same either way." if table == 2 else "")
-                 + " Foreground share implied: the share of foreground pixels for which the paper's precision, recall"
-                 " and accuracy would be pooled counts of one confusion matrix (see `implied_foreground_share`)."
-                 + (" Dice per type: mean per-image Dice of each image type of the validation split, over seeds."
-                    if groups else ""))
+    lines.append(
+        "Ours: mean ± standard deviation over seeds. Dice: mean per-image Dice; pooled Dice, precision, "
+        "recall, accuracy: over all pixels of the validation split; ROC AUC over all pixels' probabilities."
+        + (
+            " ISBI 2012: Dice, pooled Dice, precision and recall score the cell interior (the complement of"
+            " the bundle's membrane foreground), as the paper's numbers do; the membrane columns score the"
+            " bundle's own foreground. Accuracy and ROC AUC are the same either way."
+            if table == 2
+            else ""
+        )
+        + " Foreground share implied: the share of foreground pixels for which the paper's precision, recall"
+        " and accuracy would be pooled counts of one confusion matrix (see `implied_foreground_share`)."
+        + (
+            " Dice per type: mean per-image Dice of each image type of the validation split, over seeds."
+            if groups
+            else ""
+        )
+    )
     lines.append("")
-    lines.append("Paired tests: two-sided Wilcoxon signed-rank across validation images of the per-image Dice of the"
-                 " bundle's foreground (nuclei; ISBI 2012: membrane), averaged over seeds; rows ranked by its mean."
-                 " The test treats images, not trainings, as the samples: the seed-by-seed differences show whether"
-                 " the lead survives the training's randomness.")
+    lines.append(
+        "Paired tests: two-sided Wilcoxon signed-rank across validation images of the per-image Dice of the"
+        " bundle's foreground (nuclei; ISBI 2012: membrane), averaged over seeds; rows ranked by its mean."
+        " The test treats images, not trainings, as the samples: the seed-by-seed differences show whether"
+        " the lead survives the training's randomness."
+    )
     lines.append("")
     name = (lambda e: e["row"].loss_label) if table == 1 else (lambda e: VARIANTS[e["row"].variant][0].split(" (")[0])
     for ds, what, a, b, t in comparisons(table, agg, results):
@@ -576,9 +710,14 @@ def plot_table(table: int, agg: list[dict], path: str | os.PathLike) -> None:
 
     datasets = list(dict.fromkeys(e["row"].dataset for e in agg))
     n_rows = max(len([e for e in agg if e["row"].dataset == ds]) for ds in datasets)
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(max(6.0, 0.45 * n_rows + 2) + 4, 4.8 * len(datasets)),
-                             squeeze=False, gridspec_kw={"width_ratios": [max(3, n_rows // 3), 2]})
-    for (ax, pr), ds in zip(axes, datasets):
+    fig, axes = plt.subplots(
+        len(datasets),
+        2,
+        figsize=(max(6.0, 0.45 * n_rows + 2) + 4, 4.8 * len(datasets)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [max(3, n_rows // 3), 2]},
+    )
+    for (ax, pr), ds in zip(axes, datasets, strict=False):
         rows = [e for e in agg if e["row"].dataset == ds]
         x = np.arange(len(rows))
         ours = [e["dice"][0] for e in rows]
@@ -594,13 +733,19 @@ def plot_table(table: int, agg: list[dict], path: str | os.PathLike) -> None:
         ax.set_ylabel("Dice")
         ax.set_title(f"Table {table}: {ds}" + (" (cell interior)" if ds == "isbi2012" else ""))
         ax.legend(fontsize=7, loc="lower left")
-        for e, label in zip(rows, labels):
+        for e, _label in zip(rows, labels, strict=False):
             paper_row = e["row"].paper or {}
             pr.plot(e["recall"][0], e["precision"][0], "o", color="tab:blue", ms=5)
             if "precision" in paper_row:
                 pr.plot(paper_row["recall"], paper_row["precision"], "s", color="tab:orange", mfc="none", ms=5)
-                pr.plot([e["recall"][0], paper_row["recall"]], [e["precision"][0], paper_row["precision"]],
-                        "-", color="0.8", lw=0.7, zorder=0)
+                pr.plot(
+                    [e["recall"][0], paper_row["recall"]],
+                    [e["precision"][0], paper_row["precision"]],
+                    "-",
+                    color="0.8",
+                    lw=0.7,
+                    zorder=0,
+                )
         pr.plot([0, 1], [0, 1], "k:", lw=0.8)
         pr.plot([], [], "o", color="tab:blue", label="ours")
         pr.plot([], [], "s", color="tab:orange", mfc="none", label="paper (same row joined)")
@@ -638,15 +783,17 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}.")
-    sc = replace(SCALES[scale], **{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                                   for k, v in scale_overrides.items()})
+    sc = replace(
+        SCALES[scale], **{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in scale_overrides.items()}
+    )
     all_rows = table_rows(table)
     todo = all_rows if rows is None else [all_rows[i] for i in rows]
     out_dir = Path(out) / scale
     sources = {"dsb2018": dsb_datalist, "isbi2012": isbi_datalist}
     datalists = {
-        ds: subset_datalist(sources[ds], out_dir / ds, sc.train_images,
-                            sc.em_select_images if ds == "isbi2012" else sc.select_images)
+        ds: subset_datalist(
+            sources[ds], out_dir / ds, sc.train_images, sc.em_select_images if ds == "isbi2012" else sc.select_images
+        )
         for ds in dict.fromkeys(r.dataset for r in todo)
     }
     jobs = [(r, s) for s in seeds for r in todo]
@@ -654,8 +801,15 @@ def main(
     def one(job: tuple[Row, int]) -> dict:
         r, s = job
         res = run_row(r, s, sc, datalists[r.dataset], out_dir)
-        logger.info("%s %s seed %d: Dice %.4f (train %.0f s, eval %.0f s)", r.dataset, r.key, s,
-                    res["metrics"]["val_mean_dice"], res["train_seconds"], res["eval_seconds"])
+        logger.info(
+            "%s %s seed %d: Dice %.4f (train %.0f s, eval %.0f s)",
+            r.dataset,
+            r.key,
+            s,
+            res["metrics"]["val_mean_dice"],
+            res["train_seconds"],
+            res["eval_seconds"],
+        )
         return res
 
     results: dict = {}

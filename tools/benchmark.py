@@ -2,11 +2,11 @@
 
 Run from the bundle root; each prints one JSON object as its last line::
 
-    python -m scripts.benchmark train --channels "[32,64,128,256,512]" --size 256 --batch 4 --steps 6 --baseline true
-    python -m scripts.benchmark infer --size 256 --batch 4
-    python -m scripts.benchmark data --dataset_dir /path/to/dsb2018 --limit 128
-    python -m scripts.benchmark gpu --train_images 539
-    python -m scripts.benchmark conv --channels "[32,64,128,256,512]" --size 256 --batch 4
+    python -m tools.benchmark train --channels "[32,64,128,256,512]" --size 256 --batch 4 --steps 6 --baseline true
+    python -m tools.benchmark infer --size 256 --batch 4
+    python -m tools.benchmark data --dataset_dir /path/to/dsb2018 --limit 128
+    python -m tools.benchmark gpu --train_images 539
+    python -m tools.benchmark conv --channels "[32,64,128,256,512]" --size 256 --batch 4
 
 ``train`` builds the trainer from ``configs/train.json`` with ``monai.bundle.ConfigParser`` (network, loss, optimizer,
 mixed precision, memory format, ``memory_saving``, ``compile``, post-processing and the training metric, exactly as
@@ -40,10 +40,12 @@ import fire
 import torch
 
 from scripts import quiet
+from tools import BUNDLE  # noqa: E402
 
-BUNDLE = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
+TRAIN_CONFIG_FILE = str(TRAIN_CONFIG)
 INFERENCE_CONFIG = BUNDLE / "configs" / "inference.json"
+INFERENCE_CONFIG_FILE = str(INFERENCE_CONFIG)
 
 __all__ = ["train", "infer", "data", "gpu", "conv", "training_gflop"]
 
@@ -123,8 +125,14 @@ def _train_worker(spec: str) -> None:
 
     args = json.loads(spec)
     overrides = _train_overrides(
-        args["channels"], args["size"], args["batch"], args["precision"], args["memory_saving"], args["compile"],
-        args["baseline"], args["device"],
+        args["channels"],
+        args["size"],
+        args["batch"],
+        args["precision"],
+        args["memory_saving"],
+        args["compile"],
+        args["baseline"],
+        args["device"],
     )
     parser = _parser(args["config_file"], overrides)
     parser.get_parsed_content("initialize")
@@ -203,8 +211,11 @@ def _train_worker(spec: str) -> None:
 
 
 def _run_worker(function: str, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-    """Run ``scripts.benchmark.<function>(spec)`` in a fresh Python process; return its last JSON line."""
-    code = f"import sys; from scripts.benchmark import {function}; {function}(sys.argv[1])"
+    """Run ``tools.benchmark.<function>(spec)`` in a fresh Python process; return its last JSON line."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(BUNDLE.parent)!r}); "
+        f"from tools.benchmark import {function}; {function}(sys.argv[1])"
+    )
     cmd = [sys.executable, "-c", code, json.dumps(spec)]
     proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -228,7 +239,7 @@ def train(
     compile: bool | str | None = None,
     baseline: bool | str = False,
     device: str | None = None,
-    config_file: str = str(TRAIN_CONFIG),
+    config_file: str = TRAIN_CONFIG_FILE,
 ) -> dict[str, Any]:
     """Time the training step of ``config_file`` (default ``configs/train.json``) after ``warmup`` iterations.
 
@@ -242,15 +253,19 @@ def train(
     from scripts import as_bool
 
     spec = {
-        "channels": channels, "size": size, "batch": batch, "steps": steps, "warmup": warmup,
-        "precision": precision, "device": device, "config_file": str(Path(config_file).resolve()),
+        "channels": channels,
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "warmup": warmup,
+        "precision": precision,
+        "device": device,
+        "config_file": str(Path(config_file).resolve()),
         "memory_saving": None if memory_saving is None else as_bool(memory_saving),
         "compile": None if compile is None else as_bool(compile),
     }
     load_before = _load()
-    gflop = training_gflop(
-        config_file, **_train_overrides(channels, size, batch, None, False, None, False, device)
-    )
+    gflop = training_gflop(config_file, **_train_overrides(channels, size, batch, None, False, None, False, device))
     results = {}
     for mode in (["baseline"] if as_bool(baseline) else []) + ["fast"]:
         results[mode] = r = _run_worker("_train_worker", {**spec, "baseline": mode == "baseline"})
@@ -262,8 +277,16 @@ def train(
     out["load_avg_before"], out["load_avg_after"] = load_before, _load()
     if "baseline" in results:
         b = results["baseline"]
-        keys = ("images_per_s", "s_per_step", "s_per_step_min", "cpu_s_per_step", "gflop_per_s", "peak_rss_mb",
-                "peak_cuda_mb", "load_avg")
+        keys = (
+            "images_per_s",
+            "s_per_step",
+            "s_per_step_min",
+            "cpu_s_per_step",
+            "gflop_per_s",
+            "peak_rss_mb",
+            "peak_cuda_mb",
+            "load_avg",
+        )
         out["baseline"] = {k: b[k] for k in keys if k in b}
         out["speedup"] = round(out["images_per_s"] / b["images_per_s"], 3)
         out["speedup_min"] = round(b["s_per_step_min"] / out["s_per_step_min"], 3)  # fastest steps: least disturbed
@@ -295,7 +318,7 @@ def infer(
     repeats: int = 3,
     weights: str | None = None,
     device: str | None = None,
-    config_file: str = str(INFERENCE_CONFIG),
+    config_file: str = INFERENCE_CONFIG_FILE,
 ) -> dict[str, Any]:
     """Images/s of eager fp32, mixed precision (``AutocastInferer`` with the config's precision), TorchScript
     (frozen, fp32) and ONNX Runtime (fp32) on a ``batch`` of ``size`` x ``size`` patches and on one ``image_size``
@@ -341,8 +364,12 @@ def infer(
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model.onnx")
             torch.onnx.export(
-                net.to(memory_format=torch.contiguous_format), (patches.contiguous(),), path, dynamo=False,
-                input_names=["image"], output_names=["logits"],
+                net.to(memory_format=torch.contiguous_format),
+                (patches.contiguous(),),
+                path,
+                dynamo=False,
+                input_names=["image"],
+                output_names=["logits"],
                 dynamic_axes={name: {0: "batch", 2: "height", 3: "width"} for name in ("image", "logits")},
             )
             net.to(memory_format=memory_format)
@@ -361,9 +388,15 @@ def infer(
     except ImportError:
         notes["onnxruntime_fp32"] = "onnxruntime is not installed (pip install onnxruntime)"
 
-    result: dict[str, Any] = {"device": _device_name(device), "channels": list(net_def_channels(parser)),
-                              "patch_batch": [batch, size, size], "image_size": list(image_size),
-                              "weights": weights, "threads": torch.get_num_threads(), "load_avg_before": _load()}
+    result: dict[str, Any] = {
+        "device": _device_name(device),
+        "channels": list(net_def_channels(parser)),
+        "patch_batch": [batch, size, size],
+        "image_size": list(image_size),
+        "weights": weights,
+        "threads": torch.get_num_threads(),
+        "load_avg_before": _load(),
+    }
     reference = None
     for name, run in runners.items():
         with torch.no_grad():
@@ -399,7 +432,7 @@ def data(
     epochs: int = 2,
     channels: list[int] | None = None,
     num_workers: int | None = None,
-    config_file: str = str(TRAIN_CONFIG),
+    config_file: str = TRAIN_CONFIG_FILE,
 ) -> dict[str, Any]:
     """Run ``epochs`` real training epochs of ``config_file`` (validation and logging handlers off) on the first
     ``limit`` training images of ``dataset_dir`` and report the share of time the trainer waits for batches
@@ -417,8 +450,9 @@ def data(
     parser = _parser(config_file, overrides)
     parser.get_parsed_content("initialize")
     datalist = parser.get_parsed_content("train_datalist")
-    parser.update({"train_datalist": datalist[:limit] if limit else datalist, "train#handlers": [],
-                   "num_epochs": int(epochs)})
+    parser.update(
+        {"train_datalist": datalist[:limit] if limit else datalist, "train#handlers": [], "num_epochs": int(epochs)}
+    )
     t0 = time.perf_counter()
     parser.get_parsed_content("train#dataset")
     cache_s = time.perf_counter() - t0
@@ -521,9 +555,12 @@ def conv(
     device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     channels = [int(c) for c in (channels or [32, 64, 128, 256, 512])]
     dtype = autocast_dtype(device, precision)
-    modes = {"fp32": (torch.contiguous_format, None), "fp32_cl": (torch.channels_last, None),
-             "fast": (torch.channels_last, dtype)}
-    levels, totals = [], {m: 0.0 for m in modes}
+    modes = {
+        "fp32": (torch.contiguous_format, None),
+        "fp32_cl": (torch.channels_last, None),
+        "fast": (torch.channels_last, dtype),
+    }
+    levels, totals = [], dict.fromkeys(modes, 0.0)
     for level, c in enumerate(channels):
         side = max(size // 2**level, 1)
         gflop = 3 * 2 * batch * c * c * 9 * side * side / 1e9  # forward, grad input, grad weight
@@ -563,4 +600,9 @@ def conv(
 
 
 if __name__ == "__main__":
-    fire.Fire({name: quiet(f) for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu), ("conv", conv))})
+    fire.Fire(
+        {
+            name: quiet(f)
+            for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu), ("conv", conv))
+        }
+    )

@@ -1,6 +1,6 @@
 """Package the bundle for release in the Model Zoo archive format.
 
-``python -m scripts.package --out DIR [--name r2attunet_microscopy_segmentation] [--url_base URL]``
+``python -m tools.package --out DIR [--name r2attunet_microscopy_segmentation] [--url_base URL]``
 
 writes ``DIR/<name>_v<version>.zip`` (``version`` from ``configs/metadata.json``) with one top folder ``<name>/``
 holding ``configs/``, ``scripts/``, ``models/`` (``model.pt``, ``ensemble/*.pt`` and, when exported, ``model.ts`` and
@@ -24,6 +24,7 @@ from pathlib import Path
 import fire
 
 from scripts.download import file_md5
+from tools import BUNDLE
 
 __all__ = ["BUNDLE_NAME", "MAX_FILE_BYTES", "bundle_files", "large_files_yaml", "package"]
 
@@ -60,8 +61,11 @@ def bundle_files(root: Path) -> tuple[list[str], list[str]]:
                 files.add(p.relative_to(root).as_posix())
     weights = sorted({p.relative_to(root).as_posix() for pattern in WEIGHTS for p in root.glob(pattern)})
     files.update(weights)
-    too_big = [f"{root / f} ({(root / f).stat().st_size / 2**20:.1f} MB)" for f in sorted(files)
-               if (root / f).stat().st_size > MAX_FILE_BYTES]
+    too_big = [
+        f"{root / f} ({(root / f).stat().st_size / 2**20:.1f} MB)"
+        for f in sorted(files)
+        if (root / f).stat().st_size > MAX_FILE_BYTES
+    ]
     if too_big:
         raise ValueError(f"files over {MAX_FILE_BYTES // 2**20} MB cannot be released: {', '.join(too_big)}")
     return sorted(files), weights
@@ -72,10 +76,10 @@ def large_files_yaml(root: Path, weights: list[str], url_base: str | None = None
     ``hash_type`` and, with ``url_base``, ``url``."""
     lines = ["large_files:"]
     for w in weights:
-        lines.append(f'  - path: "{w}"')
+        lines.append(f"  - path: {json.dumps(w)}")
         if url_base:
             lines.append(f'    url: "{url_base.rstrip("/")}/{w}"')
-        lines.append(f'    hash_val: "{file_md5(Path(root) / w)}"')
+        lines.append(f"    hash_val: {json.dumps(file_md5(Path(root) / w))}")
         lines.append('    hash_type: "md5"')
     return "\n".join(lines) + "\n"
 
@@ -90,7 +94,7 @@ def _add(archive: zipfile.ZipFile, arcname: str, data: bytes) -> None:
 def package(out: str, name: str = BUNDLE_NAME, url_base: str | None = None, bundle_root: str | None = None) -> str:
     """Write ``<out>/<name>_v<version>.zip`` from the bundle at ``bundle_root`` (default: this bundle); returns its
     path. Raises ``ValueError`` naming ``metadata.json`` when its ``version`` has no ``changelog`` entry."""
-    root = Path(bundle_root) if bundle_root else Path(__file__).resolve().parents[1]
+    root = Path(bundle_root) if bundle_root else BUNDLE
     meta_file = root / "configs" / "metadata.json"
     files, weights = bundle_files(root)
     metadata = json.loads(meta_file.read_text())

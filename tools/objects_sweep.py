@@ -1,0 +1,102 @@
+"""Choose the object post-processing (``seed_threshold``, ``min_seed_size``) by measurement, and score objects per
+image type: the network runs once per image through ``configs/inference.json`` (weights from ``--ckpt_dir``), then
+every setting is scored on the same probabilities.
+
+``python -m tools.objects_sweep --datalist bundle/data/dsb2018/datalist.json --key training --limit 60``
+
+Prints, per setting, the DSB2018 score and the TP/(TP+FP+FN) ratio at IoU 0.5 and 0.75 (mean over images), and for
+the connected components of the mask (the pixel model's answer) beside them; ``--out`` writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import fire
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import Dataset
+from PIL import Image
+
+from scripts.data import load_datalist
+from scripts.instances import as_instances, instances_from_probabilities, matching_ratios
+from tools import BUNDLE
+
+MODELS_DIR = str(BUNDLE / "models")
+
+
+def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool) -> list[dict]:
+    """``[{"id", "group", "prob" (2, Y, X), "true" (Y, X) instance ids}]`` for the first ``limit`` items of ``key``."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(Path(ckpt_dir).resolve()), "ensemble": ensemble})
+    network = parser.get_parsed_content("network")
+    members = parser.get_parsed_content("ensemble_networks") if ensemble else None
+    if not ensemble:
+        state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+        network.eval()
+    inferer = parser.get_parsed_content("inferer")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    items = load_datalist(datalist, key)[:limit]
+    results = []
+    for it, d in zip(items, Dataset([{"image": it["image"]} for it in items], transform=preprocessing), strict=True):
+        with torch.no_grad():
+            image = d["image"][None]
+            nets = members or [network]
+            prob = torch.stack([torch.sigmoid(inferer(image, n)[0].float()) for n in nets]).mean(0)
+        true = as_instances(np.asarray(Image.open(it["label"])))
+        prob = prob.numpy().transpose(0, 2, 1)  # PILReader's (X, Y) back to the file's (Y, X)
+        results.append({"id": it.get("id", it["image"]), "group": it.get("group", "all"), "prob": prob, "true": true})
+    return results
+
+
+def score(results: list[dict], **params) -> dict:
+    """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75, overall and per image type."""
+    per_group: dict[str, list[np.ndarray]] = {}
+    for r in results:
+        if params.get("components"):
+            pred = instances_from_probabilities(r["prob"][0])
+        else:
+            pred = instances_from_probabilities(r["prob"][0], r["prob"][1], **params)
+        ratios = matching_ratios(pred, r["true"])["ratio"]
+        per_group.setdefault("all", []).append(ratios)
+        per_group.setdefault(r["group"], []).append(ratios)
+    return {
+        g: {
+            "images": len(v),
+            "dsb": float(np.mean(v)),
+            "iou50": float(np.mean([x[0] for x in v])),
+            "iou75": float(np.mean([x[5] for x in v])),
+        }
+        for g, v in per_group.items()
+    }
+
+
+def main(
+    datalist: str,
+    key: str = "training",
+    ckpt_dir: str = MODELS_DIR,
+    limit: int | None = None,
+    ensemble: bool = False,
+    seed_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
+    min_seed_sizes=(1, 4, 8, 16),
+    out: str | None = None,
+) -> None:
+    results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
+    table = {"connected components": score(results, components=True)}
+    for t, m in itertools.product(seed_thresholds, min_seed_sizes):
+        table[f"seed_threshold={t} min_seed_size={m}"] = score(results, seed_threshold=t, min_seed_size=m)
+    for name, s in table.items():
+        groups = "; ".join(f"{g} ({v['images']}) {v['dsb']:.3f}" for g, v in s.items() if g != "all")
+        a = s["all"]
+        print(f"{name:<36} DSB {a['dsb']:.4f}  IoU0.5 {a['iou50']:.4f}  IoU0.75 {a['iou75']:.4f}  | {groups}")
+    if out:
+        Path(out).write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
