@@ -5,9 +5,10 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, SAMPLE, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
+
+from conftest import BUNDLE, SAMPLE, run_bundle
 
 CONFIGS = BUNDLE / "configs"
 
@@ -27,7 +28,12 @@ def test_check_properties(config, workflow_type, monkeypatch):
 
 def test_verify_net_in_out():
     run_bundle(
-        "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
     )
 
 
@@ -46,14 +52,22 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     run_bundle(
         "run",
-        "--config_file", "configs/train.json",
-        "--logging_file", "configs/logging.conf",
-        "--num_epochs", "2",
-        "--ensemble_size", "2",
-        "--num_workers", "0",
-        "--progress_bar", "False",
-        "--ckpt_dir", str(root / "models"),
-        "--output_dir", str(root / "runs"),
+        "--config_file",
+        "configs/train.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--num_epochs",
+        "2",
+        "--ensemble_size",
+        "2",
+        "--num_workers",
+        "0",
+        "--progress_bar",
+        "False",
+        "--ckpt_dir",
+        str(root / "models"),
+        "--output_dir",
+        str(root / "runs"),
     )
     return root
 
@@ -74,14 +88,35 @@ def test_evaluate_best_and_ensemble(trained):
     eval_dir = trained / "eval"
     run_bundle(
         "run",
-        "--config_file", "['configs/train.json','configs/evaluate.json']",
-        "--logging_file", "configs/logging.conf",
-        "--num_workers", "0",
-        "--ckpt_dir", str(trained / "models"),
-        "--eval_dir", str(eval_dir),
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json']",
+        "--logging_file",
+        "configs/logging.conf",
+        "--num_workers",
+        "0",
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--eval_dir",
+        str(eval_dir),
     )
-    names = {"val_mean_dice", "val_pooled_dice", "val_precision", "val_recall", "val_accuracy", "val_roc_auc",
-             "val_cohen_kappa", "val_mean_iou", "val_pooled_iou", "val_specificity"}
+    names = {
+        "val_mean_dice",
+        "val_pooled_dice",
+        "val_precision",
+        "val_recall",
+        "val_accuracy",
+        "val_roc_auc",
+        "val_cohen_kappa",
+        "val_mean_iou",
+        "val_pooled_iou",
+        "val_specificity",
+        "val_dsb_score",
+        "val_dsb_iou50",
+        "val_dsb_iou75",
+        "val_object_precision50",
+        "val_object_recall50",
+        "val_object_f1_50",
+    }
     for which in ("best", "ensemble"):
         with open(eval_dir / which / "metrics.csv") as f:
             metrics = {row[0]: float(row[1]) for row in csv.reader(f)}
@@ -109,13 +144,20 @@ def test_inference_writes_masks_at_original_size(trained, tmp_path):
     out = tmp_path / "out"
     run_bundle(
         "run",
-        "--config_file", "configs/inference.json",
-        "--logging_file", "configs/logging.conf",
-        "--ckpt_dir", str(trained / "models"),
-        "--dataset_dir", str(tmp_path / "in"),
-        "--output_dir", str(out),
-        "--save_probabilities", "True",
-        "--save_overlay", "True",
+        "--config_file",
+        "configs/inference.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(out),
+        "--save_probabilities",
+        "True",
+        "--save_overlay",
+        "True",
     )
     for stem, size in [("gray", gray.size), ("rgba", gray.size), ("rgb", gray.size), ("small", (200, 150))]:
         seg = Image.open(out / f"{stem}_seg.png")
@@ -124,6 +166,16 @@ def test_inference_writes_masks_at_original_size(trained, tmp_path):
         assert Image.open(out / f"{stem}_prob.png").size == size
         overlay = Image.open(out / f"{stem}_overlay.png")
         assert overlay.size == size and overlay.mode == "RGB"
+        # objects: one id per nucleus, whose union is the mask, and one table row per id
+        instances = np.asarray(Image.open(out / f"{stem}_instances.png"))
+        assert np.array_equal(instances > 0, np.asarray(seg) > 0)
+        with open(out / f"{stem}_objects.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["id"]) for r in rows] == sorted(set(np.unique(instances).tolist()) - {0})
+        assert sum(int(r["area"]) for r in rows) == int((instances > 0).sum())
+    with open(out / "summary.csv") as f:
+        summary = {r["image"]: int(r["objects"]) for r in csv.DictReader(f)}
+    assert set(summary) == {"gray.png", "rgba.png", "rgb.jpg", "small.tif"}
 
 
 def test_inference_keeps_orientation(tmp_path):
@@ -135,14 +187,24 @@ def test_inference_keeps_orientation(tmp_path):
     Image.fromarray(image).save(tmp_path / "in" / "bars.png")
     run_bundle(
         "run",
-        "--config_file", "configs/inference.json",
-        "--logging_file", "configs/logging.conf",
-        "--network_def", "$torch.nn.Identity()",
-        "--handlers#0#_disabled_", "True",
-        "--precision", "fp32",
-        "--ensemble", "False",
-        "--dataset_dir", str(tmp_path / "in"),
-        "--output_dir", str(tmp_path / "out"),
+        "--config_file",
+        "configs/inference.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--network_def",
+        "$torch.nn.Identity()",
+        "--handlers#0#_disabled_",
+        "True",
+        "--precision",
+        "fp32",
+        "--ensemble",
+        "False",
+        "--objects",
+        "False",
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
     )
     seg = np.asarray(Image.open(tmp_path / "out" / "bars_seg.png"))
     assert np.array_equal(seg, np.where(image > image.mean(), 255, 0))
@@ -152,8 +214,17 @@ def test_report_scores_figure_and_curves(trained, tmp_path):
     from scripts.report import main as report
 
     pred = tmp_path / "pred"
-    run_bundle("run", "--config_file", "configs/inference.json", "--ckpt_dir", str(trained / "models"),
-               "--output_dir", str(pred), "--progress_bar", "False")
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(pred),
+        "--progress_bar",
+        "False",
+    )
     report(str(SAMPLE / "datalist.json"), str(pred), str(tmp_path / "report"), tb_dir=str(trained / "runs"))
     result = __import__("json").loads((tmp_path / "report" / "report.json").read_text())
     assert result["scores"]["all"]["images"] == 4 and 0 <= result["scores"]["all"]["pooled Dice"] <= 1

@@ -2,8 +2,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import DSB2018_FIXES, SAMPLE
 from PIL import Image
+
+from conftest import DSB2018_FIXES, SAMPLE
 from scripts.data import image_group, list_images, load_datalist, prepare_dsb2018, split_datalist, to_grayscale
 
 FIXED_ID = "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552"  # corrected in the fixes
@@ -26,10 +27,15 @@ def test_prepare_real_images(dsb2018_dir, tmp_path):
         assert gray.dtype == np.uint8 and gray.shape == (rgba.height, rgba.width)  # grayscale, same size
         assert np.array_equal(gray, np.asarray(rgba.convert("L")))
         union = np.zeros_like(label, dtype=bool)
-        for m in (dsb2018_dir / sid / "masks").glob("*.png"):
+        masks = sorted((dsb2018_dir / sid / "masks").glob("*.png"))
+        for m in masks:
             union |= np.asarray(Image.open(m)) > 0
-        assert set(np.unique(label)) <= {0, 255}
-        assert np.array_equal(label == 255, union)  # logical OR of every nucleus mask
+        assert np.array_equal(label > 0, union)  # the nucleus mask is the logical OR of every nucleus mask
+        # one id per nucleus mask (1..N), 8-bit up to 255 nuclei
+        assert set(np.unique(label)) - {0} == set(range(1, len(masks) + 1)) and label.dtype == np.uint8
+        first = np.asarray(Image.open(masks[0])) > 0
+        assert not ((label == 1) & ~first).any()  # id 1 lies inside the first mask
+        assert (label[first] == 1).mean() > 0.9  # where masks overlap, the later one wins
     groups = {it["id"]: it["group"] for it in items}
     assert groups[COLOUR_ID] == "colour" and groups[PLAIN_ID] == "fluorescence"
 
@@ -37,7 +43,9 @@ def test_prepare_real_images(dsb2018_dir, tmp_path):
 def test_prepare_applies_fixes(dsb2018_dir, tmp_path):
     if not DSB2018_FIXES.is_dir():
         pytest.skip("fixes not found")
-    prepare_dsb2018(dsb2018_dir, tmp_path, fixes=DSB2018_FIXES, ids=[FIXED_ID, PLAIN_ID], val_fraction=0.5, progress=False)
+    prepare_dsb2018(
+        dsb2018_dir, tmp_path, fixes=DSB2018_FIXES, ids=[FIXED_ID, PLAIN_ID], val_fraction=0.5, progress=False
+    )
     label = np.asarray(Image.open(tmp_path / "labels" / f"{FIXED_ID}.png")) > 0
     fixed = np.zeros_like(label)
     for m in (DSB2018_FIXES / "stage1_train" / FIXED_ID / "masks").glob("*.png"):
@@ -111,7 +119,9 @@ def test_group_sampler_draws_rare_types_more_often():
 
     from scripts.data import group_sampler
 
-    items = [{"image": f"{i}", "group": "common"} for i in range(90)] + [{"image": f"r{i}", "group": "rare"} for i in range(10)]
+    items = [{"image": f"{i}", "group": "common"} for i in range(90)] + [
+        {"image": f"r{i}", "group": "rare"} for i in range(10)
+    ]
     draws = Counter(items[i]["group"] for i in group_sampler(items, power=1.0, seed=0))
     assert 35 <= draws["rare"] <= 65  # balanced: about half, against 10 % when uniform
     assert list(group_sampler(items, 0.5, seed=1)) == list(group_sampler(items, 0.5, seed=1))

@@ -13,17 +13,16 @@ import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import BUNDLE, SHARED_DATA, run_bundle
 from PIL import Image
 from scipy import ndimage
 
+from conftest import BUNDLE, SHARED_DATA, run_bundle
 from scripts.check import InputCheck, check_datalist
 from scripts.data import prepare_isbi2012, prepare_vnc
 from scripts.download import ISBI2012_FILES, download_isbi2012
@@ -95,7 +94,9 @@ def isbi_server(isbi_pages, tmp_path):
 
 def test_download_isbi2012(isbi_server, tmp_path):
     url, www = isbi_server
-    out = download_isbi2012(str(tmp_path / "dl"), base_url=url, verify=False, prepare=True, val_slices=[2], progress=False)
+    out = download_isbi2012(
+        str(tmp_path / "dl"), base_url=url, verify=False, prepare=True, val_slices=[2], progress=False
+    )
     recorded = dict(line.split()[::-1] for line in (out / "md5.txt").read_text().splitlines())
     assert recorded == {n: hashlib.md5((www / n).read_bytes()).hexdigest() for n in ISBI2012_FILES}
     datalist = json.loads((out / "prepared" / "datalist.json").read_text())
@@ -121,7 +122,10 @@ def test_rand_info_scores_match_the_challenge_definitions(isbi_pages):
         assert v_rand == pytest.approx(1 - adapted_rand_error(truth, segs, ignore_labels=(0,))[0], abs=2e-3)
         assert 0 < v_rand < 1 and 0 < v_info < 1
     metric = ForegroundRandInfo("info")
-    metric(torch.as_tensor(np.stack([membrane, split]))[:, None].float(), torch.as_tensor(np.stack([membrane] * 2))[:, None].float())
+    metric(
+        torch.as_tensor(np.stack([membrane, split]))[:, None].float(),
+        torch.as_tensor(np.stack([membrane] * 2))[:, None].float(),
+    )
     assert metric.aggregate().item() == pytest.approx((1 + rand_info_scores(split, membrane)[1]) / 2)
 
 
@@ -143,21 +147,30 @@ def test_stack_reader_and_writer_round_trip(tmp_path):
     assert np.array_equal(np.asarray(nii.dataobj), xyz) and np.allclose(nii.affine, affine)
     writer.set_metadata({"filename_or_obj": str(tmp_path / "sec.01.tif")})  # a dotted name keeps its dots
     writer.write(tmp_path / "out" / "sec.01_seg.png")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s_seg.tif", "sec.01_seg.tif", "v_seg.nii.gz"]  # no partial files
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "s_seg.tif",
+        "sec.01_seg.tif",
+        "v_seg.nii.gz",
+    ]  # no partial files
 
 
-def test_planar_colour_tiff_is_read_as_one_page_with_a_warning(tmp_path, caplog):
-    """tifffile writes a (3, Y, X) uint8 array as one planar RGB page unless told otherwise: it is one colour image,
-    and the reader says how to write sections as pages."""
+def test_planar_tiff_of_three_or_four_pages_is_read_as_sections(tmp_path, caplog):
+    """Plain ``tifffile.imwrite`` of a (Z, Y, X) array with Z = 3 or 4 stores one page of planar colour samples: the
+    stack reader (EM presets) reads it as Z sections and says so in one line; a contiguous RGB page stays one image."""
     from scripts.readers import read_stack
 
-    tifffile.imwrite(tmp_path / "three.tif", np.zeros((3, 16, 16), np.uint8), photometric="rgb", planarconfig="separate")
-    with caplog.at_level("WARNING", logger="scripts.readers"):
-        assert read_stack(tmp_path / "three.tif").shape == (1, 16, 16)
-    assert "three.tif: one page of 3 planar colour samples" in caplog.text and "photometric='minisblack'" in caplog.text
+    zyx = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "three.tif", zyx)
+    with caplog.at_level("INFO", logger="scripts.readers"):
+        assert np.array_equal(read_stack(tmp_path / "three.tif"), zyx)
+    assert "three.tif: one page of 3 planar samples, read as 3 sections" in caplog.text
+    tifffile.imwrite(tmp_path / "four.tif", np.zeros((4, 16, 16), np.uint8), photometric="rgb", planarconfig="separate")
+    assert read_stack(tmp_path / "four.tif").shape == (4, 16, 16)
     tifffile.imwrite(tmp_path / "pages.tif", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
     caplog.clear()
     assert read_stack(tmp_path / "pages.tif").shape == (3, 16, 16) and "planar" not in caplog.text
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    assert read_stack(tmp_path / "rgb.tif").shape == (1, 16, 16)
 
 
 def test_checks_name_stacks_and_volumes(tmp_path):
@@ -171,13 +184,17 @@ def test_checks_name_stacks_and_volumes(tmp_path):
     # inputs whose outputs would share a name: the second is refused, named with the first
     tifffile.imwrite(tmp_path / "vol.tif", np.zeros((3, 32, 32), np.uint8), photometric="minisblack")
     check = InputCheck(items + [{"image": str(tmp_path / "vol.tif")}], stacks=True)
-    assert len(check.good) == 2 and "would overwrite those of" in str(check.bad[0]) and "vol.nii.gz" in str(check.bad[0])
+    assert (
+        len(check.good) == 2 and "would overwrite those of" in str(check.bad[0]) and "vol.nii.gz" in str(check.bad[0])
+    )
     # the output folder is the input folder: earlier outputs are not segmented again
     tifffile.imwrite(tmp_path / "stack_seg.tif", np.zeros((3, 32, 32), np.uint8), photometric="minisblack")
     rerun = items + [{"image": str(tmp_path / "stack_seg.tif")}]
     assert len(InputCheck(rerun, stacks=True, output_dir=str(tmp_path)).good) == 2
     assert len(InputCheck(rerun, stacks=True, output_dir=str(tmp_path / "elsewhere")).good) == 3
-    problems = check_datalist([{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}], stacks=True)
+    problems = check_datalist(
+        [{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}], stacks=True
+    )
     assert any("lab.nii.gz: mask size (32, 30, 4) differs from image size (32, 32, 4)" in str(p) for p in problems)
 
 
@@ -202,8 +219,20 @@ def test_inference_keeps_shape_orientation_and_geometry(preset, tta, isbi_pages,
     if preset == "em2d":
         Image.fromarray(zyx[0]).save(src / "one.png")
         files.append("one_seg.png")
-    run_bundle("run", "--config_file", f"['configs/inference.json','configs/{preset}.json']", *IDENTITY,
-               "--dataset_dir", str(src), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false", "--tta", tta)
+    run_bundle(
+        "run",
+        "--config_file",
+        f"['configs/inference.json','configs/{preset}.json']",
+        *IDENTITY,
+        "--dataset_dir",
+        str(src),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--progress_bar",
+        "false",
+        "--tta",
+        tta,
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
     seg = tifffile.imread(tmp_path / "out" / "stack_seg.tif")
     assert seg.dtype == np.uint8 and seg.shape == zyx.shape
@@ -224,9 +253,22 @@ def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):
     prepare_isbi2012(tmp_path, tmp_path / "data", val_slices=[3])
     out = tmp_path / "run"
     args = ["--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(out / "models"), *TINY_2D]
-    proc = run_bundle("run", "--config_file", "['configs/train.json','configs/em2d.json']", *args, "--num_epochs", "2",
-                      "--val_interval", "1", "--output_dir", str(out / "runs"), "--progress_bar", "false",
-                      "--num_workers", "0")
+    proc = run_bundle(
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/em2d.json']",
+        *args,
+        "--num_epochs",
+        "2",
+        "--val_interval",
+        "1",
+        "--output_dir",
+        str(out / "runs"),
+        "--progress_bar",
+        "false",
+        "--num_workers",
+        "0",
+    )
     assert (out / "models" / "model.pt").is_file()
     # the training log drawn as validation curves (scripts.report logs): 3 slices, batch 2 -> 1 step an epoch
     (tmp_path / "train.log").write_text(proc.stdout + proc.stderr)
@@ -234,15 +276,37 @@ def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):
     assert curves["em2d"]["steps_per_epoch"] == 1 and curves["em2d"]["steps"] == [1, 2]
     assert all(0 <= d <= 1 for d in curves["em2d"]["val_mean_dice"]) and (tmp_path / "curves.png").stat().st_size > 0
     shutil.rmtree(out / "models" / "ensemble")  # only model.pt, as models/em2d ships: --ensemble false needs no more
-    run_bundle("run", "--config_file", "['configs/train.json','configs/evaluate.json','configs/em2d.json']", *args,
-               "--eval_dir", str(out / "eval"), "--ensemble", "false", "--num_workers", "0", "--tta", "true")
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json','configs/em2d.json']",
+        *args,
+        "--eval_dir",
+        str(out / "eval"),
+        "--ensemble",
+        "false",
+        "--num_workers",
+        "0",
+        "--tta",
+        "true",
+    )
     metrics = (out / "eval" / "best" / "metrics.csv").read_text()
     for name in ("val_mean_dice", "val_interior_pooled_dice", "val_rand_score", "val_info_score"):
         assert name in metrics
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "stack.tif", images[20:22, :100, :120], imagej=True)  # as Fiji writes stacks
-    run_bundle("run", "--config_file", "['configs/inference.json','configs/em2d.json']", *args[2:],
-               "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "seg"), "--progress_bar", "false")
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/em2d.json']",
+        *args[2:],
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "seg"),
+        "--progress_bar",
+        "false",
+    )
     seg = tifffile.imread(tmp_path / "seg" / "stack_seg.tif")
     assert seg.shape == (2, 100, 120) and set(np.unique(seg)) <= {0, 255}
 
@@ -266,11 +330,34 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     configs = [str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "em3d.json")]
     overrides = {"network_def#channels": [4, 8, 16, 32, 64]}
     assert inflate(str(tmp_path / "flat.pt"), str(tmp_path / "init.pt"), configs, **overrides) < 1e-6
-    run_bundle("run", "--config_file", "['configs/train.json','configs/em3d.json']", "--dataset_dir", str(data),
-               "--ckpt_dir", str(out / "models"), "--output_dir", str(out / "runs"), *TINY_3D, "--num_epochs", "3",
-               "--val_interval", "2", "--checkpoint_interval", "2", "--progress_bar", "false", "--num_workers", "0",
-               "--memory_saving", "true",
-               "--finetune", "true", "--finetune_model_path", str(tmp_path / "init.pt"))
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/em3d.json']",
+        "--dataset_dir",
+        str(data),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "runs"),
+        *TINY_3D,
+        "--num_epochs",
+        "3",
+        "--val_interval",
+        "2",
+        "--checkpoint_interval",
+        "2",
+        "--progress_bar",
+        "false",
+        "--num_workers",
+        "0",
+        "--memory_saving",
+        "true",
+        "--finetune",
+        "true",
+        "--finetune_model_path",
+        str(tmp_path / "init.pt"),
+    )
     assert (out / "models" / "model.pt").is_file()
     # 3 epochs, validation every 2: validated at 2 and after the last epoch, whose state is saved too
     assert [p.name for p in (out / "models" / "checkpoints").iterdir()] == ["checkpoint_3.pt"]
@@ -282,9 +369,22 @@ def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     volume.header.set_xyzt_units("micron")  # as scripts.prepare vnc writes them
     nib.save(volume, src / "vol.nii.gz")
     tifffile.imwrite(src / "stack.tif", np.transpose(np.asarray(volume.dataobj), (2, 1, 0)), photometric="minisblack")
-    run_bundle("run", "--config_file", "['configs/inference.json','configs/em3d.json']", "--ckpt_dir", str(out / "models"),
-               *TINY_3D, "--dataset_dir", str(src), "--output_dir", str(tmp_path / "seg"), "--progress_bar", "false",
-               "--save_overlay", "true")
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/em3d.json']",
+        "--ckpt_dir",
+        str(out / "models"),
+        *TINY_3D,
+        "--dataset_dir",
+        str(src),
+        "--output_dir",
+        str(tmp_path / "seg"),
+        "--progress_bar",
+        "false",
+        "--save_overlay",
+        "true",
+    )
     nii = nib.load(tmp_path / "seg" / "vol_seg.nii.gz")
     assert nii.shape == volume.shape and np.allclose(nii.affine, volume.affine)
     assert nii.header.get_xyzt_units()[0] == "micron" and nii.header["sform_code"] == volume.header["sform_code"]
@@ -309,8 +409,19 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
     """``python -m scripts.inflate`` with the shipped 2D weights and the 3D preset as it is (the recipe of
     models/em3d): the output loads strictly into the preset's network, which segments sections like the 2D one."""
     proc = subprocess.run(
-        [sys.executable, "-m", "scripts.inflate", "--weights", "models/em2d_mito/model.pt", "--output",
-         str(tmp_path / "init.pt")], cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "scripts.inflate",
+            "--weights",
+            "models/em2d_mito/model.pt",
+            "--output",
+            str(tmp_path / "init.pt"),
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "largest logit difference to the 2D network" in proc.stderr
@@ -318,8 +429,21 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
     network.load_state_dict(torch.load(tmp_path / "init.pt", weights_only=True))
     assert network.kernel_size[0] == (3, 3, 1) and network.strides[0] == (2, 2, 1)
     bad = subprocess.run(
-        [sys.executable, "-m", "scripts.inflate", "--weights", "models/em2d/model.pt", "--output", str(tmp_path / "x.pt"),
-         "--network_def#channels", "[8,16,32,64,128]"], cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "scripts.inflate",
+            "--weights",
+            "models/em2d/model.pt",
+            "--output",
+            str(tmp_path / "x.pt"),
+            "--network_def#channels",
+            "[8,16,32,64,128]",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode != 0 and "models/em2d/model.pt" in bad.stderr and "same channels" in bad.stderr
     assert not (tmp_path / "x.pt").exists()
@@ -340,8 +464,17 @@ def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path)
     images, labels = isbi_pages
     (tmp_path / "in").mkdir()
     Image.fromarray(images[20]).save(tmp_path / "in" / "slice_20.png")
-    run_bundle("run", "--config_file", "['configs/inference.json','configs/em2d.json']", "--dataset_dir",
-               str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/em2d.json']",
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--progress_bar",
+        "false",
+    )
     pred = np.asarray(Image.open(tmp_path / "out" / "slice_20_seg.png")) > 0
     membrane = labels[20] == 0
     dice = 2 * (pred & membrane).sum() / (pred.sum() + membrane.sum())
@@ -354,8 +487,17 @@ def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_
     of this one 0.832."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "section_12.tif").write_bytes((vnc_stack / "raw" / "12.tif").read_bytes())
-    run_bundle("run", "--config_file", "['configs/inference.json','configs/em2d.json','configs/em2d_mito.json']",
-               "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/em2d.json','configs/em2d_mito.json']",
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--progress_bar",
+        "false",
+    )
     pred = np.squeeze(tifffile.imread(tmp_path / "out" / "section_12_seg.tif")) > 0
     mito = np.asarray(Image.open(vnc_stack / "mitochondria" / "12.png")) > 0
     assert pred.shape == mito.shape
@@ -372,8 +514,17 @@ def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
     mito = mito[:, 320:704, 320:704]
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "sections.tif", raw, photometric="minisblack")
-    run_bundle("run", "--config_file", "['configs/inference.json','configs/em3d.json']", "--dataset_dir",
-               str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--progress_bar", "false")
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/em3d.json']",
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--progress_bar",
+        "false",
+    )
     pred = tifffile.imread(tmp_path / "out" / "sections_seg.tif") > 0
     assert pred.shape == mito.shape
     iou = (pred & mito).sum() / (pred | mito).sum()
@@ -384,7 +535,10 @@ def test_report_names_an_unparsed_dict_option():
     """fire hands `--preds "{'a': runs/a.nii.gz}"` (unquoted path) over as a string: the error says how to quote it."""
     from scripts.report import volumes
 
-    for fn, option in ((lambda v: volumes("label.nii.gz", v, "out.png"), "preds"), (lambda v: report_logs(v, "o.png"), "logs")):
+    for fn, option in (
+        (lambda v: volumes("label.nii.gz", v, "out.png"), "preds"),
+        (lambda v: report_logs(v, "o.png"), "logs"),
+    ):
         with pytest.raises(ValueError, match=f"--{option} must be a dict of name: path with each path quoted"):
             fn("{'a': runs/a.nii.gz}")
 
@@ -428,15 +582,32 @@ def test_report_tolerance_on_isbi_labels(isbi_pages, tmp_path):
         items.append({"image": str(tmp_path / f"slice_{k}.png"), "label": str(tmp_path / f"slice_{k}.png")})
     (tmp_path / "datalist.json").write_text(json.dumps({"validation": items}))
     proc = subprocess.run(
-        [sys.executable, "-m", "scripts.report", "tolerance", "--datalist", str(tmp_path / "datalist.json"),
-         "--pred_dir", str(tmp_path / "pred"), "--pixels", "1", "--out", str(tmp_path / "tolerance.json")],
-        cwd=BUNDLE, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "scripts.report",
+            "tolerance",
+            "--datalist",
+            str(tmp_path / "datalist.json"),
+            "--pred_dir",
+            str(tmp_path / "pred"),
+            "--pixels",
+            "1",
+            "--out",
+            str(tmp_path / "tolerance.json"),
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "| pooled Dice | errors within 1 |" in proc.stdout
     s = json.loads((tmp_path / "tolerance.json").read_text())["scores"]
     assert s["pooled Dice"] == 1 and s["Dice forgiving 1"] == 1 and s["surface Dice 1"] == pytest.approx(1)
-    assert s["label eroded 1"] == pytest.approx(0.8500, abs=5e-4) and s["label dilated 1"] == pytest.approx(0.8872, abs=5e-4)
+    assert s["label eroded 1"] == pytest.approx(0.8500, abs=5e-4) and s["label dilated 1"] == pytest.approx(
+        0.8872, abs=5e-4
+    )
 
 
 def test_stack_checks_name_what_is_wrong(tmp_path, caplog):
@@ -461,18 +632,29 @@ def test_stack_checks_name_what_is_wrong(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="scripts.check"):
         InputCheck([{"image": str(tmp_path / "zyx.nii.gz")}], stacks=True)
     assert "if it was saved as (Z, Y, X), transpose it" in caplog.text
-    nib.save(nib.Nifti1Image(np.where(vol > 200, 7, np.where(vol > 100, 300, 0)).astype(np.uint16), np.eye(4)), tmp_path / "ids.nii.gz")
-    problems = check_datalist([{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "ids.nii.gz")}], stacks=True)
+    nib.save(
+        nib.Nifti1Image(np.where(vol > 200, 7, np.where(vol > 100, 300, 0)).astype(np.uint16), np.eye(4)),
+        tmp_path / "ids.nii.gz",
+    )
+    problems = check_datalist(
+        [{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "ids.nii.gz")}], stacks=True
+    )
     assert any("mask with 3 values (0, 7, 300)" in str(p) and not p.fatal for p in problems)
     nib.save(nib.Nifti1Image(np.where(vol > 200, 0.4, 0).astype(np.float32), np.eye(4)), tmp_path / "faint.nii.gz")
-    problems = check_datalist([{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "faint.nii.gz")}], stacks=True)
+    problems = check_datalist(
+        [{"image": str(tmp_path / "vol.nii.gz"), "label": str(tmp_path / "faint.nii.gz")}], stacks=True
+    )
     assert any("empty mask (no foreground above 0.5)" in str(p) for p in problems)  # as training binarises
     # the command line checks stacks with --stacks true
     (tmp_path / "ok").mkdir()
     shutil.copy(tmp_path / "vol.nii.gz", tmp_path / "ok" / "vol.nii.gz")
     for stacks, rc in (("false", 1), ("true", 0)):
-        proc = subprocess.run([sys.executable, "-m", "scripts.check", "images", "--folder", str(tmp_path / "ok"),
-                               "--stacks", stacks], cwd=BUNDLE, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "scripts.check", "images", "--folder", str(tmp_path / "ok"), "--stacks", stacks],
+            cwd=BUNDLE,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == rc, proc.stdout + proc.stderr
     # 16-bit colour pages: luminance in float, not wrapped to 8 bits
     rgb16 = np.random.default_rng(1).integers(0, 16383, (2, 16, 16, 3)).astype(np.uint16)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 from monai.data.utils import create_file_basename
 from PIL import Image
 
-from scripts import as_bool
+from scripts import InputError, as_bool
 from scripts.data import list_images, load_datalist
 
 __all__ = ["Problem", "check_image", "check_datalist", "check_dsb2018", "validated", "InputCheck"]
@@ -68,9 +69,20 @@ def _read(path: str, stacks: bool = False) -> tuple[np.ndarray | None, str, Prob
 
             array = np.asanyarray(nib.load(path).dataobj)
             if not stacks:
-                return array, "", Problem(path, f"a volume of shape {array.shape} where a 2D image is expected (use the 3D preset configs/em3d.json)")
+                return (
+                    array,
+                    "",
+                    Problem(
+                        path,
+                        f"a volume of shape {array.shape} where a 2D image is expected (use the 3D preset configs/em3d.json)",
+                    ),
+                )
             if array.ndim != 3:
-                return array, "", Problem(path, f"a volume of shape {array.shape}; expected 3 spatial dimensions (X, Y, Z)")
+                return (
+                    array,
+                    "",
+                    Problem(path, f"a volume of shape {array.shape}; expected 3 spatial dimensions (X, Y, Z)"),
+                )
             return array, "", None
         if stacks and lower.endswith(STACK_SUFFIXES):
             from scripts.readers import read_stack
@@ -87,10 +99,17 @@ def _read(path: str, stacks: bool = False) -> tuple[np.ndarray | None, str, Prob
             return None, "", Problem(path, str(e)[len(path) + 2 :])
         return None, "", Problem(path, f"unreadable or truncated image ({type(e).__name__}: {e})")
     if n_frames > 1:
-        return array, mode, Problem(path, f"a stack of {n_frames} pages where a 2D image is expected (the EM presets "
-                                    "configs/em2d.json and configs/em3d.json segment stacks; to train a 2D preset on "
-                                    "stacks, split them into sections with python -m scripts.prepare vnc, or train "
-                                    "configs/em3d.json on them)")
+        return (
+            array,
+            mode,
+            Problem(
+                path,
+                f"a stack of {n_frames} pages where a 2D image is expected (the EM presets "
+                "configs/em2d.json and configs/em3d.json segment stacks; to train a 2D preset on "
+                "stacks, split them into sections with python -m scripts.prepare vnc, or train "
+                "configs/em3d.json on them)",
+            ),
+        )
     return array, mode, None
 
 
@@ -104,17 +123,33 @@ def check_image(path: str, stacks: bool = False) -> tuple[list[Problem], tuple[i
         return [problem], tuple(array.shape)
     problems = []
     # TIFF stacks are read as gray (Z, Y, X) pages, so 3 dimensions are a stack whatever the page count
-    if stacks and array.ndim == 3 and (path.lower().endswith(VOLUME_SUFFIXES + STACK_SUFFIXES) or array.shape[-1] > MAX_CHANNELS):
+    if (
+        stacks
+        and array.ndim == 3
+        and (path.lower().endswith(VOLUME_SUFFIXES + STACK_SUFFIXES) or array.shape[-1] > MAX_CHANNELS)
+    ):
         if min(array.shape[:3]) < 1 or sorted(array.shape)[-2] < MIN_SIZE:
-            problems.append(Problem(path, f"volume of shape {array.shape} is empty or smaller than {MIN_SIZE}x{MIN_SIZE} per section"))
+            problems.append(
+                Problem(
+                    path, f"volume of shape {array.shape} is empty or smaller than {MIN_SIZE}x{MIN_SIZE} per section"
+                )
+            )
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             problems.append(Problem(path, "floating-point volume holds NaN or infinite values"))
         if path.lower().endswith(VOLUME_SUFFIXES) and 8 * min(array.shape[:2]) <= array.shape[2]:
-            problems.append(Problem(path, f"shape {array.shape}: NIfTI arrays are (X, Y, Z) and this one has far more "
-                                    "sections than pixels across; if it was saved as (Z, Y, X), transpose it", fatal=False))
+            problems.append(
+                Problem(
+                    path,
+                    f"shape {array.shape}: NIfTI arrays are (X, Y, Z) and this one has far more "
+                    "sections than pixels across; if it was saved as (Z, Y, X), transpose it",
+                    fatal=False,
+                )
+            )
         return problems, tuple(array.shape)
     if array.size == 0 or min(array.shape[:2]) < MIN_SIZE:
-        problems.append(Problem(path, f"image of size {array.shape[:2]} is empty or smaller than {MIN_SIZE}x{MIN_SIZE}"))
+        problems.append(
+            Problem(path, f"image of size {array.shape[:2]} is empty or smaller than {MIN_SIZE}x{MIN_SIZE}")
+        )
     channels = 1 if array.ndim == 2 else array.shape[-1]
     if array.ndim > 3 or channels > MAX_CHANNELS:
         problems.append(Problem(path, f"{channels} channels (shape {array.shape}); expected gray, RGB or RGBA"))
@@ -137,7 +172,7 @@ def check_datalist(items: Sequence[dict], stacks: bool = False) -> list[Problem]
     paths = [os.path.realpath(it["image"]) for it in items]
     sids = [it.get("id", Path(it["image"]).stem) for it in items]
     counts, ids = Counter(paths), Counter(sids)
-    for it, path, sid in zip(items, paths, sids):
+    for it, path, sid in zip(items, paths, sids, strict=True):
         image_problems, size = check_image(it["image"], stacks)
         problems += image_problems
         if counts[path] > 1:
@@ -154,17 +189,25 @@ def check_datalist(items: Sequence[dict], stacks: bool = False) -> list[Problem]
             continue
         label_size = tuple(label.shape) if size is not None and len(size) == 3 else tuple(label.shape[:2])
         if size is not None and label_size != size:
-            problems.append(Problem(it["label"], f"mask size {label_size} differs from image size {size} of {it['image']}"))
+            problems.append(
+                Problem(it["label"], f"mask size {label_size} differs from image size {size} of {it['image']}")
+            )
         if len(label_size) == 2 and label.ndim > 2 and label.shape[-1] > MAX_CHANNELS:
             problems.append(Problem(it["label"], f"mask with {label.shape[-1]} channels"))
         foreground = label > 0.5  # as training binarises masks (AsDiscreted threshold 0.5)
         if not foreground.any():
             problems.append(Problem(it["label"], "empty mask (no foreground above 0.5)", fatal=False))
-        values = np.unique(label)
+        values = np.unique(label) if stacks else ()  # 2D labels may be instance ids (one id per nucleus)
         if len(values) > 2:
             shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
-            problems.append(Problem(it["label"], f"mask with {len(values)} values ({shown}): every value above 0.5 "
-                                    "is foreground (instance ids merge; an 'ignore' value counts as foreground)", fatal=False))
+            problems.append(
+                Problem(
+                    it["label"],
+                    f"mask with {len(values)} values ({shown}): every value above 0.5 "
+                    "is foreground (instance ids merge; an 'ignore' value counts as foreground)",
+                    fatal=False,
+                )
+            )
     return list(dict.fromkeys(problems))  # once per problem, even for a file listed twice
 
 
@@ -215,9 +258,10 @@ def validated(
     if not bad_files:
         return items
     if not as_bool(skip_bad):
-        raise ValueError(
-            _report([p for p in problems if p.fatal], f"invalid {what}")
-            + "\nfix these files, or rerun with --skip_bad_samples true to train without them."
+        first = next(p for p in problems if p.fatal)
+        raise InputError(
+            f"invalid {what}: {len(bad_files)} unusable file(s), listed above (first: {first}); fix them, or rerun "
+            "with --skip_bad_samples true to train without them."
         )
     kept, skipped = [], []
     for it in items:
@@ -225,11 +269,11 @@ def validated(
     skipped = [it["image"] for it in skipped]
     logger.warning(f"{what}: skipped {len(skipped)} sample(s): {', '.join(skipped)}")
     if not kept:
-        raise ValueError(f"{what}: no valid sample left after skipping {len(skipped)}.")
+        raise InputError(f"{what}: no valid sample left after skipping {len(skipped)}.")
     return kept
 
 
-OUTPUT_POSTFIXES = ("_seg", "_prob", "_overlay")  # what inference.json writes next to <name>
+OUTPUT_POSTFIXES = ("_seg", "_prob", "_overlay", "_instances")  # what inference.json writes next to <name>
 
 
 def _base_name(path: str | os.PathLike) -> str:
@@ -247,11 +291,17 @@ class InputCheck:
     def __init__(self, items: list[dict], stacks: bool = False, output_dir: str | None = None) -> None:
         self.good: list[dict] = []
         self.bad: list[Problem] = []
+        self.output_dir = output_dir
+        self.started = time.time() - 1.0  # files written from now on are this run's outputs
         outputs: dict[str, str] = {}  # output name (input name without its suffix) -> the input that writes it
         for it in items:
             path = Path(it["image"])
             base = _base_name(path)
-            if output_dir is not None and path.parent.resolve() == Path(output_dir).resolve() and base.endswith(OUTPUT_POSTFIXES):
+            if (
+                output_dir is not None
+                and path.parent.resolve() == Path(output_dir).resolve()
+                and base.endswith(OUTPUT_POSTFIXES)
+            ):
                 logger.info(f"skipping {path}: an output of an earlier run (the output folder is the input folder)")
                 continue
             found = check_image(it["image"], stacks)[0]
@@ -259,7 +309,12 @@ class InputCheck:
                 logger.warning(str(note))
             fatal = [p for p in found if p.fatal]
             if not fatal and base in outputs:
-                fatal = [Problem(str(path), f"its outputs ({base}_seg.*) would overwrite those of {outputs[base]}; rename one of them")]
+                fatal = [
+                    Problem(
+                        str(path),
+                        f"its outputs ({base}_seg.*) would overwrite those of {outputs[base]}; rename one of them",
+                    )
+                ]
             if fatal:
                 self.bad += fatal
                 logger.error(f"skipping {fatal[0]}")
@@ -267,12 +322,26 @@ class InputCheck:
                 outputs[base] = str(path)
                 self.good.append(it)
         if not self.good:
-            raise ValueError(_report(self.bad, "no readable input") if self.bad else "no input")
+            if self.bad:
+                logger.error(_report(self.bad, "no readable input"))
+                raise InputError(
+                    f"no readable input: {len(self.bad)} file(s) refused, listed above (first: {self.bad[0]})."
+                )
+            raise InputError("no input")
 
     def raise_if_bad(self) -> None:
+        """End an inference run with one line (inputs segmented, files written where, inputs refused); exit
+        non-zero naming the refused inputs when there are any."""
+        n_bad = len({p.path for p in self.bad})
+        written = 0
+        if self.output_dir is not None and os.path.isdir(self.output_dir):
+            written = sum(1 for e in os.scandir(self.output_dir) if e.is_file() and e.stat().st_mtime >= self.started)
+        summary = (
+            f"{len(self.good)} input(s) segmented: {written} file(s) written to {self.output_dir}; {n_bad} refused"
+        )
         if self.bad:
-            n_files = len({p.path for p in self.bad})
-            raise SystemExit(_report(self.bad, f"{n_files} input(s) not segmented ({len(self.good)} written)"))
+            raise SystemExit(_report(self.bad, f"{n_bad} input(s) not segmented") + "\n" + summary)
+        logger.info(summary)
 
 
 def _cli_datalist(datalist: str, keys: Sequence[str] = ("training", "validation"), stacks: bool | str = False) -> None:

@@ -4,7 +4,8 @@ DSB2018 ``stage1_train`` keeps ``<root>/<id>/images/<id>.png`` (RGBA) and one PN
 ``<root>/<id>/masks/``. :func:`prepare_dsb2018` writes, as in the paper (section V.A),
 
 - ``<out>/images/<id>.png``: the image converted to 8-bit grayscale,
-- ``<out>/labels/<id>.png``: the logical OR of its nucleus masks, 0 background and 255 nucleus,
+- ``<out>/labels/<id>.png``: the instance label image of its nucleus masks, 0 background and ``1..N`` one id per
+  nucleus (8-bit PNG, 16-bit when N > 255; where masks overlap the later one wins); the nucleus mask is ``label > 0``,
 - ``<out>/datalist.json``: ``{"training": [...], "validation": [...]}`` with paths relative to ``<out>``, a seeded split
   stratified by image type (``fluorescence``, ``brightfield`` gray, ``colour`` such as H&E).
 
@@ -25,6 +26,8 @@ import numpy as np
 from monai.data import load_decathlon_datalist, partition_dataset_classes
 from PIL import Image
 
+from scripts import InputError, MissingInputError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "to_grayscale",
@@ -32,6 +35,7 @@ __all__ = [
     "prepare_dsb2018",
     "prepare_isbi2012",
     "prepare_vnc",
+    "prepare_folders",
     "split_datalist",
     "write_json_atomic",
     "load_datalist",
@@ -99,8 +103,8 @@ def _convert_one(sample_dir: Path, out: Path) -> dict:
     mask_files = sorted((sample_dir / "masks").glob("*.png"))
     if not mask_files:
         raise ValueError(f"{sample_dir / 'masks'}: no nucleus masks for image {sid}.")
-    label = np.zeros(gray.shape, dtype=bool)
-    for mf in mask_files:
+    label = np.zeros(gray.shape, dtype=np.uint16)
+    for index, mf in enumerate(mask_files, start=1):
         try:
             with Image.open(mf) as m:
                 mask = np.asarray(m.convert("L")) > 0
@@ -108,9 +112,9 @@ def _convert_one(sample_dir: Path, out: Path) -> dict:
             raise ValueError(f"{mf}: cannot read the mask ({e}).") from e
         if mask.shape != label.shape:
             raise ValueError(f"{mf}: mask size {mask.shape} differs from image size {label.shape} of {image_file}.")
-        label |= mask
+        label[mask] = index
     _save_png_atomic(gray.astype(np.uint8), out / "images" / f"{sid}.png")
-    _save_png_atomic(label.astype(np.uint8) * 255, out / "labels" / f"{sid}.png")
+    _save_png_atomic(label if len(mask_files) > 255 else label.astype(np.uint8), out / "labels" / f"{sid}.png")
     return {"image": f"images/{sid}.png", "label": f"labels/{sid}.png", "id": sid, "group": image_group(rgb)}
 
 
@@ -175,6 +179,61 @@ def prepare_dsb2018(
     return datalist
 
 
+def prepare_folders(
+    images: str | os.PathLike,
+    labels: str | os.PathLike,
+    out: str | os.PathLike,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+) -> dict[str, list[dict]]:
+    """A ``datalist.json`` in ``out`` for your own data: every image file in ``images`` paired with the mask of the
+    same name (any image suffix, optionally ending in ``_mask``, ``_label`` or ``_seg``) in ``labels``; a seeded
+    ``val_fraction`` of the pairs for validation. Paths are written relative to ``out``. Images without a mask,
+    masks without an image, and two masks for one image are errors that name the files."""
+    images, labels, out = Path(images), Path(labels), Path(out)
+    for what, folder in (("--images", images), ("--labels", labels)):
+        if not folder.is_dir():
+            raise MissingInputError(f"{what} folder not found: {folder}")
+
+    def stem(path: Path, strip: tuple[str, ...] = ()) -> str:
+        name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+        return next((name[: -len(s)] for s in strip if name.endswith(s)), name)
+
+    image_files = {stem(Path(p["image"])): Path(p["image"]) for p in list_images(images, suffixes)}
+    label_files: dict[str, list[Path]] = {}
+    for it in list_images(labels, suffixes):
+        label_files.setdefault(stem(Path(it["image"]), ("_mask", "_label", "_seg")), []).append(Path(it["image"]))
+    twice = {k: v for k, v in label_files.items() if len(v) > 1 and k in image_files}
+    if twice:
+        k, v = next(iter(twice.items()))
+        raise InputError(
+            f"{len(twice)} image(s) with more than one mask, e.g. {image_files[k]}: {', '.join(map(str, v))}"
+        )
+    missing = sorted(set(image_files) - set(label_files))
+    if missing:
+        raise InputError(
+            f"{len(missing)} image(s) without a mask of the same name in {labels}, e.g. {image_files[missing[0]]}"
+        )
+    unused = sorted(set(label_files) - set(image_files))
+    if unused:
+        logger.warning(
+            f"{len(unused)} mask(s) without an image in {images}, not used: e.g. {label_files[unused[0]][0]}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    items = [
+        {"image": os.path.relpath(image_files[k], out), "label": os.path.relpath(label_files[k][0], out), "id": k}
+        for k in sorted(image_files)
+    ]
+    if len(items) < 2:
+        raise InputError(f"{images}: {len(items)} image(s) with masks; a training and a validation split need two.")
+    datalist = split_datalist(items, val_fraction=val_fraction, seed=seed)
+    if not datalist["validation"]:  # a tiny set: at least one validation image
+        datalist["validation"] = [datalist["training"].pop()]
+    write_json_atomic(datalist, out / "datalist.json")
+    return datalist
+
+
 def split_datalist(items: list[dict], val_fraction: float = 0.1, seed: int = 0) -> dict[str, list[dict]]:
     """Seeded train/validation split, stratified by the items' ``group`` key when present."""
     if not items:
@@ -184,7 +243,11 @@ def split_datalist(items: list[dict], val_fraction: float = 0.1, seed: int = 0) 
     groups = [it.get("group", "all") for it in items]
     names = sorted(set(groups))
     train, val = partition_dataset_classes(
-        items, classes=[names.index(g) for g in groups], ratios=[1 - val_fraction, val_fraction], shuffle=True, seed=seed
+        items,
+        classes=[names.index(g) for g in groups],
+        ratios=[1 - val_fraction, val_fraction],
+        shuffle=True,
+        seed=seed,
     )
     return {"training": train, "validation": val}
 
@@ -204,7 +267,7 @@ def load_datalist(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"datalist not found: {path}")
+        raise MissingInputError(f"datalist not found: {path}")
     with open(path) as f:
         content = json.load(f)
     base_dir = Path(base_dir) if base_dir is not None else path.parent
@@ -217,9 +280,9 @@ def load_datalist(
     elif key in content:
         data = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key, base_dir=str(base_dir))
     else:
-        raise KeyError(f"{path} has no '{key}' list (keys: {sorted(content)}).")
+        raise InputError(f"{path} has no {key!r} list (keys: {sorted(content)}).")
     if not data:
-        raise ValueError(f"{path}: the '{key}' list is empty.")
+        raise InputError(f"{path}: the {key!r} list is empty.")
     return data
 
 
@@ -227,10 +290,10 @@ def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
     """``[{"image": path}]`` for every image file directly inside ``folder`` (sorted), for inference."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"input folder not found: {folder}")
+        raise MissingInputError(f"input folder not found: {folder} (--dataset_dir)")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
     if not files:
-        raise ValueError(f"no image files ({', '.join(suffixes)}) in {folder}.")
+        raise InputError(f"no image files ({', '.join(suffixes)}) in {folder}.")
     return [{"image": str(p)} for p in files]
 
 
@@ -268,8 +331,10 @@ def _isbi_pages(src: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.
     else:
         raise FileNotFoundError(f"{src}: neither train-volume.tif nor train/image/ (ISBI 2012 layouts) found.")
     if not images or len(images) != len(labels):
-        raise ValueError(f"{src}: {len(images)} training slices and {len(labels)} label slices; expected equal, non-zero.")
-    for k, (im, lb) in enumerate(zip(images, labels)):
+        raise ValueError(
+            f"{src}: {len(images)} training slices and {len(labels)} label slices; expected equal, non-zero."
+        )
+    for k, (im, lb) in enumerate(zip(images, labels, strict=True)):
         if im.shape != lb.shape:
             raise ValueError(f"{src}: slice {k}: label size {lb.shape} differs from image size {im.shape}.")
     return images, labels, test
@@ -291,7 +356,7 @@ def prepare_isbi2012(
     if missing:
         raise ValueError(f"val_slices {missing} are not among the {len(images)} labelled slices of {src}.")
     datalist: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
-    for k, (im, lb) in enumerate(zip(images, labels)):
+    for k, (im, lb) in enumerate(zip(images, labels, strict=True)):
         name = f"slice_{k:02d}"
         _save_png_atomic(im.astype(np.uint8), out / "images" / f"{name}.png")
         _save_png_atomic(np.where(lb > 127, 0, 255).astype(np.uint8), out / "labels" / f"{name}.png")
@@ -301,7 +366,9 @@ def prepare_isbi2012(
         _save_png_atomic(im.astype(np.uint8), out / "test" / f"test_{k:02d}.png")
         datalist["test"].append({"image": f"test/test_{k:02d}.png", "id": f"test_{k:02d}"})
     write_json_atomic(datalist, out / "datalist.json")
-    logger.info(f"ISBI 2012: {len(datalist['training'])} training, {len(datalist['validation'])} validation slices in {out}")
+    logger.info(
+        f"ISBI 2012: {len(datalist['training'])} training, {len(datalist['validation'])} validation slices in {out}"
+    )
     return datalist
 
 
@@ -374,5 +441,7 @@ def prepare_vnc(
             slices[key].append({"image": f"images/{name}.png", "label": f"labels/{name}.png", "id": name})
     write_json_atomic(volumes, out / "volumes" / "datalist.json")
     write_json_atomic(slices, out / "slices" / "datalist.json")
-    logger.info(f"VNC {target}: sections {split['training']} for training, {split['validation']} for validation in {out}")
+    logger.info(
+        f"VNC {target}: sections {split['training']} for training, {split['validation']} for validation in {out}"
+    )
     return {"volumes": volumes, "slices": slices}

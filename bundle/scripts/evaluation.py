@@ -17,6 +17,7 @@ from monai.metrics import CumulativeIterationMetric
 from scipy import ndimage
 
 from scripts import as_bool
+from scripts.instances import DSB_THRESHOLDS, matching_ratios
 from scripts.networks import mismatch_message
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "complement",
     "rand_info_scores",
     "ForegroundRandInfo",
+    "ObjectMatching",
     "ensemble_files",
     "load_ensemble",
     "reset_ensemble",
@@ -110,7 +112,7 @@ class ForegroundRandInfo(CumulativeIterationMetric):
             raise ValueError("ForegroundRandInfo needs the label.")
         scores = [
             rand_info_scores(p[0].detach().cpu().numpy() > 0.5, t[0].detach().cpu().numpy() > 0.5)[self.index]
-            for p, t in zip(y_pred, y)
+            for p, t in zip(y_pred, y, strict=True)
         ]
         return torch.tensor(scores, dtype=torch.float32).reshape(-1, 1)
 
@@ -118,6 +120,43 @@ class ForegroundRandInfo(CumulativeIterationMetric):
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
             raise ValueError("ForegroundRandInfo: no data to aggregate.")
+        return torch.nanmean(data.float())
+
+
+class ObjectMatching(CumulativeIterationMetric):
+    """Object matching scores of instance label images ``(B, 1, *spatial)`` (predicted, true; a binary mask counts as
+    its connected components), per image then averaged over images (:func:`scripts.instances.matching_ratios`).
+
+    ``score``: ``"dsb"`` the DSB2018 score (per image the mean over IoU thresholds 0.50, 0.55, ..., 0.95 of
+    TP/(TP+FP+FN)); ``"ratio"``, ``"precision"``, ``"recall"`` or ``"f1"`` at the IoU threshold ``iou``. Wrap in
+    ``IgniteMetricHandler`` to use it in an evaluator.
+    """
+
+    def __init__(self, score: str = "dsb", iou: float = 0.5) -> None:
+        super().__init__()
+        if score not in ("dsb", "ratio", "precision", "recall", "f1"):
+            raise ValueError(f"score must be 'dsb', 'ratio', 'precision', 'recall' or 'f1', got {score!r}.")
+        if score != "dsb" and round(iou, 2) not in DSB_THRESHOLDS:
+            raise ValueError(f"iou must be one of {DSB_THRESHOLDS}, got {iou}.")
+        self.score = score
+        self.iou = round(iou, 2)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if y is None:
+            raise ValueError("ObjectMatching needs the label.")
+        scores = []
+        for p, t in zip(y_pred, y, strict=True):
+            ratios = matching_ratios(p[0].detach().cpu().numpy(), t[0].detach().cpu().numpy())
+            if self.score == "dsb":
+                scores.append(float(ratios["ratio"].mean()))
+            else:
+                scores.append(float(ratios[self.score][DSB_THRESHOLDS.index(self.iou)]))
+        return torch.tensor(scores, dtype=torch.float32).reshape(-1, 1)
+
+    def aggregate(self) -> torch.Tensor:
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError("ObjectMatching: no data to aggregate.")
         return torch.nanmean(data.float())
 
 

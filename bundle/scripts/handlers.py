@@ -19,12 +19,20 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, EMAHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from scripts import as_bool
+from scripts import MissingInputError, as_bool
 from scripts.networks import mismatch_message
 
 __all__ = [
-    "SaverState", "TrainingStateSaver", "latest_checkpoint", "resume_path", "require_weights", "validate_last_epoch",
-    "log_outputs", "StopOnNonFiniteLoss", "WeightsLoader", "WeightEMA",
+    "SaverState",
+    "TrainingStateSaver",
+    "latest_checkpoint",
+    "resume_path",
+    "require_weights",
+    "validate_last_epoch",
+    "log_outputs",
+    "StopOnNonFiniteLoss",
+    "WeightsLoader",
+    "WeightEMA",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,11 +57,12 @@ class SaverState:
 
 
 class TrainingStateSaver:
-    """Every ``save_interval`` epochs and after the last epoch, write the whole training state (``save_dict``: model, optimizer, LR scheduler,
-    trainer, checkpoint-ensemble state...) to ``save_dir/checkpoint_<epoch>.pt``, atomically (temporary file, then
-    rename), keeping the last ``n_saved``. Attach it after the validation and LR handlers so that the file holds their
-    results for the epoch. Only rank 0 writes in distributed training. A ``save_interval`` above 1 suits epochs of a
-    few steps (a GPU runs them in well under a second, and each file holds the optimizer's state too)."""
+    """Every ``save_interval`` epochs and after the last epoch, write the whole training state (``save_dict``: model,
+    optimizer, LR scheduler, trainer, checkpoint-ensemble state...) to ``save_dir/checkpoint_<epoch>.pt``,
+    atomically (temporary file, then rename), keeping the last ``n_saved``. Attach it after the validation and LR
+    handlers so that the file holds their results for the epoch. Only rank 0 writes in distributed training. A
+    ``save_interval`` above 1 suits epochs of a few steps (a GPU runs them in well under a second, and each file
+    holds the optimizer's state too)."""
 
     def __init__(self, save_dir: str, save_dict: Mapping[str, Any], n_saved: int = 1, save_interval: int = 1) -> None:
         if int(save_interval) < 1:
@@ -71,7 +80,9 @@ class TrainingStateSaver:
 
     def attach(self, engine: Engine) -> None:
         # every save_interval epochs, and after the last epoch when save_interval does not divide the epochs
-        events = Events.EPOCH_COMPLETED(event_filter=lambda e, epoch: epoch % self.save_interval == 0 or _last_epoch(e, epoch))
+        events = Events.EPOCH_COMPLETED(
+            event_filter=lambda e, epoch: epoch % self.save_interval == 0 or _last_epoch(e, epoch)
+        )
         engine.add_event_handler(events, self.checkpoint)
         engine.add_event_handler(events, self._remove_stale)
 
@@ -102,7 +113,7 @@ def resume_path(save_dir: str, resume: bool | str) -> str | None:
         return None
     path = latest_checkpoint(save_dir)
     if path is None:
-        raise FileNotFoundError(f"--resume: no training checkpoint ({_STATE_PATTERN}) in {save_dir}.")
+        raise MissingInputError(f"--resume: no training checkpoint ({_STATE_PATTERN}) in {save_dir}.")
     logger.info(f"resuming training from {path}")
     return path
 
@@ -124,10 +135,15 @@ def validate_last_epoch(trainer: Engine, evaluator: Engine, interval: int) -> No
 
 def log_outputs(ckpt_dir: str, ensemble_dir: str, state_dir: str) -> None:
     """Log where a finished training's weights are (only those that exist)."""
-    found = [(what, path) for what, path in (
-        ("best weights", os.path.join(ckpt_dir, "model.pt")), ("checkpoint ensemble", ensemble_dir),
-        ("training state for --resume", state_dir),
-    ) if os.path.exists(path) and (os.path.isfile(path) or os.listdir(path))]
+    found = [
+        (what, path)
+        for what, path in (
+            ("best weights", os.path.join(ckpt_dir, "model.pt")),
+            ("checkpoint ensemble", ensemble_dir),
+            ("training state for --resume", state_dir),
+        )
+        if os.path.exists(path) and (os.path.isfile(path) or os.listdir(path))
+    ]
     if found:
         logger.info("; ".join(f"{what}: {path}" for what, path in found))
     else:
@@ -138,7 +154,7 @@ def require_weights(path: str, ckpt_dir: str) -> bool:
     """``--finetune true``: an error before training starts when the weights to start from are missing (they default
     to ``<ckpt_dir>/model.pt``, which a new ``--ckpt_dir`` does not hold yet)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"--finetune true: no weights at finetune_model_path {path} (it defaults to <ckpt_dir>/model.pt, here "
             f"{os.path.join(ckpt_dir, 'model.pt')}); to start from the shipped weights while writing to another "
             "--ckpt_dir, pass --finetune_model_path models/model.pt (or the preset's models/<name>/model.pt)."
@@ -206,3 +222,25 @@ class WeightEMA(EMAHandler):
     def _start(self, engine: Engine) -> None:
         if engine.state.iteration == 0:
             self.ema_model.load_state_dict(self.model.state_dict())
+
+
+class EvaluationLabel:
+    """Names an evaluation in the console: the engine's own lines (``SupervisedEvaluator``, "Got new best metric")
+    are silenced, and when it completes one line gives ``label``, where its weights came from and where its metrics
+    went, e.g. ``best checkpoint (models/model.pt): val_mean_dice 0.9123, ...; metrics in eval/best``."""
+
+    def __init__(self, label: str, save_dir: str, weights: str) -> None:
+        self.label = label
+        self.save_dir = save_dir
+        self.weights = weights
+        self.logger = logging.getLogger("evaluate")
+
+    def attach(self, engine: Engine) -> None:
+        engine.logger.setLevel(logging.WARNING)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        scores = ", ".join(
+            f"{k} {v:.4f}" for k, v in sorted(engine.state.metrics.items()) if isinstance(v, (int, float))
+        )
+        self.logger.info(f"{self.label} ({self.weights}): {scores}; metrics in {self.save_dir}")

@@ -9,7 +9,7 @@ from monai.losses import TverskyLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["FocalTverskyLoss"]
+__all__ = ["FocalTverskyLoss", "ObjectLoss"]
 
 
 class FocalTverskyLoss(_Loss):
@@ -70,3 +70,25 @@ class FocalTverskyLoss(_Loss):
         if self.reduction == LossReduction.SUM.value:
             return ftl.sum()
         return ftl
+
+
+class ObjectLoss(_Loss):
+    """The loss of the objects model, whose two output channels are the object mask and the centre map
+    (:func:`scripts.instances.object_targets`): ``mask_loss`` (the Focal Tversky loss) on channel 0 plus
+    ``centre_weight`` times the binary cross-entropy of channel 1 against the centre map (soft targets in [0, 1]).
+
+    ``input``: ``(B, 2, *spatial)`` logits; ``target``: ``(B, 2, *spatial)``. Returns a scalar.
+    """
+
+    def __init__(self, mask_loss: _Loss, centre_weight: float = 1.0) -> None:
+        super().__init__()
+        self.mask_loss = mask_loss
+        self.centre_weight = centre_weight
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.shape[1] != 2 or target.shape[1] != 2:
+            raise ValueError(
+                f"ObjectLoss takes 2 channels (mask, centre map), got {input.shape[1]} and {target.shape[1]}."
+            )
+        centre = torch.nn.functional.binary_cross_entropy_with_logits(input[:, 1:].float(), target[:, 1:].float())
+        return self.mask_loss(input[:, :1], target[:, :1]) + self.centre_weight * centre

@@ -3,6 +3,7 @@
 ``python -m scripts.prepare dsb2018 --src <stage1_train> --out <dir> [--fixes <dir>] [--val_fraction 0.1] [--seed 0]``
 ``python -m scripts.prepare isbi2012 --src <isbi2012> --out <dir> [--val_slices "[20,21,22,23,24]"]``
 ``python -m scripts.prepare vnc --src <stack1> --out <dir> [--target mitochondria] [--val_sections "[10,...,15]"]``
+``python -m scripts.prepare folders --images <dir> --labels <dir> --out <dir> [--val_fraction 0.1] [--seed 0]``
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 
 import fire
 
-from scripts.data import prepare_dsb2018, prepare_isbi2012, prepare_vnc
+from scripts.data import prepare_dsb2018, prepare_folders, prepare_isbi2012, prepare_vnc
 
 
 def dsb2018(src: str, out: str, fixes: str | None = None, val_fraction: float = 0.1, seed: int = 0, ids=None) -> None:
@@ -31,10 +32,19 @@ def vnc(src: str, out: str, target: str = "mitochondria", val_sections=(10, 11, 
     """Convert a Drosophila VNC ssTEM stack into ``out/volumes`` (3D) and ``out/slices`` (2D), sections
     ``val_sections`` for validation."""
     lists = prepare_vnc(src, out, target=target, val_sections=tuple(val_sections))
-    print(f"{out}/volumes/datalist.json and {out}/slices/datalist.json: {len(lists['slices']['training'])} training, "
-          f"{len(lists['slices']['validation'])} validation sections")
+    print(
+        f"{out}/volumes/datalist.json and {out}/slices/datalist.json: {len(lists['slices']['training'])} training, "
+        f"{len(lists['slices']['validation'])} validation sections"
+    )
+
+
+def folders(images: str, labels: str, out: str, val_fraction: float = 0.1, seed: int = 0) -> None:
+    """Your own data: a ``datalist.json`` in ``out`` pairing each image in ``images`` with the mask of the same name in
+    ``labels`` (masks: 0 background, nucleus > 0, or one id per object), for ``--dataset_dir <out>``."""
+    datalist = prepare_folders(images, labels, out, val_fraction=val_fraction, seed=seed)
+    print(f"{out}/datalist.json: {len(datalist['training'])} training, {len(datalist['validation'])} validation")
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    fire.Fire({"dsb2018": dsb2018, "isbi2012": isbi2012, "vnc": vnc})
+    fire.Fire({"dsb2018": dsb2018, "isbi2012": isbi2012, "vnc": vnc, "folders": folders})

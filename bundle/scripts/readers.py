@@ -43,18 +43,22 @@ def read_stack(path: str | os.PathLike) -> np.ndarray:
                 series = tif.series[0]
                 array = series.asarray()
                 axes = series.axes
-            if "S" in axes:  # RGB(A) samples, contiguous or planar: to gray like the 2D reader
-                if axes.index("S") < axes.index("Y"):  # planar: what tifffile writes for a (3|4, Y, X) array by default
-                    logger.warning(
-                        f"{path}: one page of {array.shape[axes.index('S')]} planar colour samples, read as a colour "
-                        "image and converted to gray; if these are sections of a stack, write it as pages (tifffile: "
-                        "photometric='minisblack', or imagej=True)."
-                    )
+            if "S" in axes and axes.index("S") < axes.index("Y") and array.shape[axes.index("S")] in (3, 4):
+                # what tifffile.imwrite writes for a (3|4, Y, X) array by default: sections, not colour
+                array = np.moveaxis(array, axes.index("S"), -3).reshape(-1, *array.shape[-2:])
+                logger.info(
+                    f"{path}: one page of {array.shape[0]} planar samples, read as {array.shape[0]} sections (Z, Y, X)"
+                )
+            elif "S" in axes:  # RGB(A) samples: to gray like the 2D reader
                 rgb = np.moveaxis(array, axes.index("S"), -1)
                 if rgb.dtype == np.uint8:  # as the 2D reader does (PIL "L")
-                    array = np.asarray([np.asarray(to_grayscale(Image.fromarray(p))) for p in rgb.reshape(-1, *rgb.shape[-3:])])
+                    array = np.asarray(
+                        [np.asarray(to_grayscale(Image.fromarray(p))) for p in rgb.reshape(-1, *rgb.shape[-3:])]
+                    )
                 else:  # 16-bit or float colour: the same ITU-R 601-2 luminance, in float, without losing the range
-                    array = (rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).reshape(-1, *rgb.shape[-3:-1])
+                    array = (rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).reshape(
+                        -1, *rgb.shape[-3:-1]
+                    )
         else:
             with Image.open(path) as im:
                 array = np.asarray(to_grayscale(im))

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import tifffile
+import torch
+from monai.config import KeysCollection
 from monai.data import ImageWriter, PILWriter
+from monai.data.utils import create_file_basename
+from monai.transforms import MapTransform, SaveImage
 from PIL import Image
 
-__all__ = ["atomic_path", "AtomicPILWriter", "AtomicStackWriter"]
+from scripts.instances import object_table
+
+__all__ = ["atomic_path", "write_text_atomic", "AtomicPILWriter", "AtomicStackWriter", "SaveObjectsd"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,20 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _csv_text(columns: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(list(columns))
+    writer.writerows(zip(*columns.values(), strict=True))
+    return out.getvalue()
 
 
 class AtomicPILWriter(PILWriter):
@@ -105,6 +127,17 @@ class AtomicStackWriter(ImageWriter):
                 getattr(img, f"set_{form}")(affine, code=self.nifti_fields[f"{form}_code"])
         return img
 
+    def _save(self, data: np.ndarray, tmp: str, suffix: str, rgb: bool) -> None:
+        """Write ``data`` (``(X, Y, Z[, 3])``) to ``tmp`` in the format of ``suffix``."""
+        if suffix == ".nii.gz":
+            nib.save(self._nifti(data), tmp)
+        elif suffix == ".tif":  # an ImageJ hyperstack: pages, never read as RGB unless it is
+            zyx = np.ascontiguousarray(np.transpose(data, (2, 1, 0, 3) if rgb else (2, 1, 0)))
+            photometric, axes = ("rgb", "ZYXS") if rgb else ("minisblack", "ZYX")
+            tifffile.imwrite(tmp, zyx, imagej=True, photometric=photometric, metadata={"axes": axes})
+        else:
+            Image.fromarray(np.ascontiguousarray(np.swapaxes(data[:, :, 0], 0, 1))).save(tmp, format="PNG")
+
     def write(self, filename, verbose: bool = False, **kwargs) -> None:
         source = self.source.lower()
         target = Path(filename)
@@ -117,24 +150,97 @@ class AtomicStackWriter(ImageWriter):
             data = data.astype(self.output_dtype, copy=False)
         rgb = data.ndim == 4
         if source.endswith((".nii", ".nii.gz")):
-            path = target.with_name(stem + ".nii.gz")
-            save = lambda tmp: nib.save(self._nifti(data), tmp)
-            tmp_suffix = ".nii.gz"
+            path, tmp_suffix = target.with_name(stem + ".nii.gz"), ".nii.gz"
         elif source.endswith((".tif", ".tiff")):
-            path = target.with_name(stem + ".tif")
-            zyx = np.ascontiguousarray(np.transpose(data, (2, 1, 0, 3) if rgb else (2, 1, 0)))
-            save = lambda tmp: tifffile.imwrite(  # an ImageJ hyperstack: pages, never read as RGB unless it is
-                tmp, zyx, imagej=True, photometric="rgb" if rgb else "minisblack", metadata={"axes": "ZYXS" if rgb else "ZYX"}
-            )
-            tmp_suffix = ".tif"
+            path, tmp_suffix = target.with_name(stem + ".tif"), ".tif"
         else:
             if data.shape[2] != 1:
                 raise ValueError(f"{self.source}: a {data.shape[2]}-page result cannot be written as one PNG.")
-            path = target.with_name(stem + ".png")
-            yx = np.ascontiguousarray(np.swapaxes(data[:, :, 0], 0, 1))
-            save = lambda tmp: Image.fromarray(yx).save(tmp, format="PNG")
-            tmp_suffix = ".png"
+            path, tmp_suffix = target.with_name(stem + ".png"), ".png"
         with atomic_path(path, tmp_suffix) as tmp:
-            save(str(tmp))
+            self._save(data, str(tmp), tmp_suffix, rgb)
         if verbose:
             logger.info(f"writing: {path}")
+
+
+class SaveObjectsd(MapTransform):
+    """Writes the objects of one input next to its mask, atomically, in ``output_dir``:
+
+    - ``<stem>_instances.<ext>``: the instance ids under ``keys`` (``(1, *spatial)``, 0 background, ``1..N``) with
+      ``writer`` (the input's format and orientation), 8-bit when N <= 255, else 16-bit (32-bit above 65535);
+    - ``<stem>_objects.csv``: one row per object (:func:`scripts.instances.object_table`): ``id``, ``area`` (pixels or
+      voxels), ``centroid_*`` and ``bbox_*_min/max`` in the file's axes (``y, x`` for images, ``z, y, x`` for stacks
+      and volumes; max exclusive), ``equivalent_diameter`` (pixels), ``mean_intensity`` of ``image_key``; the header
+      alone for an input without objects;
+    - ``summary.csv``: ``image,objects``, one row per input of this and earlier runs into ``output_dir``, updated.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str,
+        image_key: str | None = "image_raw",
+        writer: type = AtomicPILWriter,
+        output_ext: str = ".png",
+    ) -> None:
+        super().__init__(keys)
+        self.output_dir = output_dir
+        self.image_key = image_key
+        self.writer = writer
+        self.output_ext = output_ext
+
+    def _path(self, source: str, postfix: str, ext: str) -> Path:
+        return Path(create_file_basename(postfix, source, self.output_dir, separate_folder=False) + ext)
+
+    def _update_summary(self, source: str, count: int) -> None:
+        path = Path(self.output_dir) / "summary.csv"
+        rows: dict[str, str] = {}
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows = {r["image"]: r["objects"] for r in csv.DictReader(f) if "image" in r and "objects" in r}
+        rows[os.path.basename(source)] = str(count)
+        write_text_atomic(_csv_text({"image": list(rows), "objects": list(rows.values())}), path)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            instances = d[key]
+            source = str(instances.meta["filename_or_obj"])
+            ids = np.asarray(instances[0].detach().cpu()).astype(np.int64)
+            count = int(ids.max(initial=0))
+            dtype = np.uint8 if count <= 255 else np.uint16 if count <= 65535 else np.uint32
+            save = SaveImage(
+                output_dir=self.output_dir,
+                output_postfix="instances",
+                output_ext=self.output_ext,
+                output_dtype=dtype,
+                resample=False,
+                scale=None,
+                separate_folder=False,
+                print_log=False,
+                writer=self.writer,
+            )
+            save(instances)
+            image = None
+            if self.image_key is not None and self.image_key in d:
+                image = np.asarray(d[self.image_key][0].detach().cpu(), dtype=np.float64).T
+            table = object_table(ids.T, image)  # the file's axes: (y, x) or (z, y, x)
+            write_text_atomic(_csv_text(_named_columns(table, ids.ndim)), self._path(source, "objects", ".csv"))
+            self._update_summary(source, count)
+        return d
+
+
+def _named_columns(table: dict, ndim: int) -> dict:
+    """``object_table`` columns with the file's axis names: ``centroid-0`` -> ``centroid_y`` (2D) or ``centroid_z``."""
+    axes = ("y", "x") if ndim == 2 else ("z", "y", "x")
+    names = {f"centroid-{i}": f"centroid_{a}" for i, a in enumerate(axes)}
+    names.update({f"bbox-{i}": f"bbox_{a}_min" for i, a in enumerate(axes)})
+    names.update({f"bbox-{i + ndim}": f"bbox_{a}_max" for i, a in enumerate(axes)})
+    columns = {names.get(k, k): v for k, v in table.items()}
+    columns["id"] = np.asarray(columns["id"]).astype(np.int64)
+    for k in ("area",) + tuple(c for c in columns if c.startswith("bbox")):
+        columns[k] = np.asarray(columns[k]).astype(np.int64)
+    return {
+        k: [round(float(x), 3) if isinstance(x, (float, np.floating)) else int(x) for x in v]
+        for k, v in columns.items()
+    }

@@ -1,0 +1,154 @@
+"""Objects from segmentations: training targets that separate touching objects, instance labels from probabilities,
+object matching scores (the DSB2018 score) and per-object measurements.
+
+Conventions: an instance label image holds 0 for background and ``1..N``, one id per object; a binary mask is an
+instance label image of connected components. Arrays are numpy, ``(*spatial)`` without a channel axis, 2D or 3D.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import label as connected_components
+from skimage.measure import regionprops_table
+from skimage.segmentation import find_boundaries, relabel_sequential, watershed
+
+__all__ = [
+    "DSB_THRESHOLDS",
+    "as_instances",
+    "object_targets",
+    "instances_from_probabilities",
+    "iou_matrix",
+    "matching_ratios",
+    "object_table",
+    "OBJECT_COLUMNS",
+]
+
+DSB_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+OBJECT_COLUMNS = ("label", "area", "centroid", "bbox", "equivalent_diameter_area", "intensity_mean")
+
+
+def as_instances(label: np.ndarray) -> np.ndarray:
+    """An instance label image from ``label``: instance ids are kept (renumbered ``1..N``), a binary mask (at most one
+    foreground value) becomes its connected components (full connectivity)."""
+    label = np.asarray(label)
+    values = np.unique(label)
+    if values.size <= 2:
+        return connected_components(label > 0).astype(np.int32)
+    return relabel_sequential(np.round(label).astype(np.int64))[0].astype(np.int32)
+
+
+def object_targets(label: np.ndarray) -> np.ndarray:
+    """The two training targets of an instance label image: ``(2, *spatial)`` float32 with channel 0 the object mask
+    (0/1) and channel 1 the centre map: each object's distance to its own border (Euclidean, so touching objects
+    meet at 0) divided by its largest value, 1 at the object's centre, 0 outside. A binary mask is taken as its
+    connected components."""
+    instances = as_instances(label)
+    mask = instances > 0
+    n = int(instances.max())
+    if n == 0:
+        return np.zeros((2, *instances.shape), np.float32)
+    inner = mask & ~find_boundaries(instances, mode="inner")  # each object minus its own outermost pixels
+    distance = ndimage.distance_transform_edt(inner) + mask  # 1 on the border, growing inwards
+    peak = np.asarray(ndimage.maximum(distance, instances, np.arange(1, n + 1)), dtype=np.float64)
+    centre = np.where(mask, distance / peak[np.maximum(instances, 1) - 1], 0.0)
+    return np.stack([mask, centre]).astype(np.float32)
+
+
+def instances_from_probabilities(
+    mask_prob: np.ndarray,
+    centre_prob: np.ndarray | None = None,
+    threshold: float = 0.5,
+    seed_threshold: float = 0.5,
+    min_seed_size: int = 4,
+    min_size: int = 0,
+) -> np.ndarray:
+    """Instance labels (int32, ``0`` background, ``1..N``) from the object probability and the predicted centre map.
+
+    The foreground is ``mask_prob >= threshold`` (the binary mask the bundle writes). Seeds are the connected regions
+    of ``centre_prob >= seed_threshold`` inside it of at least ``min_seed_size`` pixels; scikit-image's seeded
+    watershed on ``-centre_prob`` grows them over the foreground; foreground regions that hold no seed become objects
+    of their own. Objects under ``min_size`` pixels are dropped (``min_size=0`` keeps every one, so the union of the
+    instances is exactly the mask). Without ``centre_prob`` the objects are the foreground's connected components.
+    """
+    foreground = np.asarray(mask_prob) >= threshold
+    if centre_prob is None or not foreground.any():
+        instances = connected_components(foreground).astype(np.int32)
+    else:
+        centre = np.asarray(centre_prob, dtype=np.float32)
+        markers = connected_components((centre >= seed_threshold) & foreground)
+        small = np.bincount(markers.ravel()) < min_seed_size
+        small[0] = False
+        markers[small[markers]] = 0  # seeds under min_seed_size pixels do not split an object
+        instances = watershed(-centre, markers=markers, mask=foreground)
+        rest = connected_components(foreground & (instances == 0))
+        instances = np.where(rest > 0, rest + instances.max(), instances)
+    if min_size > 0:
+        small = np.bincount(instances.ravel()) < min_size
+        small[0] = False
+        instances[small[instances]] = 0
+    return relabel_sequential(instances)[0].astype(np.int32)
+
+
+def iou_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``(n_true, n_pred)`` intersection over union of every pair of objects of two instance label images of the same
+    shape (ids renumbered ``1..N`` first)."""
+    pred, true = as_instances(pred), as_instances(true)
+    n_pred, n_true = int(pred.max()), int(true.max())
+    joint = np.bincount(
+        true.ravel().astype(np.int64) * (n_pred + 1) + pred.ravel(), minlength=(n_true + 1) * (n_pred + 1)
+    )
+    joint = joint.reshape(n_true + 1, n_pred + 1)
+    area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
+    inter = joint[1:, 1:].astype(np.float64)
+    union = area_true[1:, None] + area_pred[None, 1:] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def matching_ratios(
+    pred: np.ndarray, true: np.ndarray, thresholds: tuple[float, ...] = DSB_THRESHOLDS
+) -> dict[str, np.ndarray]:
+    """Object matching of one image at each IoU threshold ``t``: a predicted and a true object match when their IoU
+    exceeds ``t`` (for ``t >= 0.5`` a match is unique), ``TP`` matched pairs, ``FP`` unmatched predictions, ``FN``
+    unmatched true objects. Returns arrays over ``thresholds``: ``ratio`` = TP/(TP+FP+FN) (the DSB2018 score of the
+    image is its mean over 0.50..0.95), ``precision``, ``recall``, ``f1``; all 1 when both images are empty."""
+    iou = iou_matrix(pred, true)
+    n_true, n_pred = iou.shape
+    thresholds_arr = np.asarray(thresholds, dtype=np.float64)
+    if n_true == 0 and n_pred == 0:
+        ones = np.ones_like(thresholds_arr)
+        return {"ratio": ones, "precision": ones, "recall": ones, "f1": ones}
+    tp = (iou[None] > thresholds_arr[:, None, None]).sum(axis=(1, 2)).astype(np.float64)
+    fp, fn = n_pred - tp, n_true - tp
+    return {
+        "ratio": tp / (tp + fp + fn),
+        "precision": np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0),
+        "recall": np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0),
+        "f1": np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0),
+    }
+
+
+def object_table(instances: np.ndarray, image: np.ndarray | None = None, spacing: tuple | None = None) -> dict:
+    """One row per object of an instance label image, by scikit-image's ``regionprops_table``: ``id``, ``area``
+    (pixels or voxels), ``centroid-k`` and ``bbox-k`` (array axes, in pixels), ``equivalent_diameter``, and
+    ``mean_intensity`` of ``image`` when given; with ``spacing`` also ``volume`` (area times the voxel size). Columns
+    are numpy arrays (empty for an image without objects)."""
+    instances = np.asarray(instances).astype(np.int32)
+    properties = ["label", "area", "centroid", "bbox", "equivalent_diameter_area"]
+    if image is not None:
+        properties.append("intensity_mean")
+    table = regionprops_table(instances, intensity_image=image, properties=properties)
+    if not instances.any():  # regionprops_table gives no columns for an empty image: the same names, no rows
+        ndim = instances.ndim
+        table = {"label": [], "area": []}
+        table.update({f"centroid-{i}": [] for i in range(ndim)})
+        table.update({f"bbox-{i}": [] for i in range(2 * ndim)})
+        table["equivalent_diameter_area"] = []
+        if image is not None:
+            table["intensity_mean"] = []
+        table = {k: np.asarray(v, dtype=np.float64) for k, v in table.items()}
+    renames = {"label": "id", "equivalent_diameter_area": "equivalent_diameter", "intensity_mean": "mean_intensity"}
+    table = {renames.get(k, k): v for k, v in table.items()}
+    if spacing is not None:
+        table["volume"] = np.asarray(table["area"], dtype=np.float64) * float(np.prod(spacing))
+    return table
