@@ -2,7 +2,14 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-from scripts.inferers import AutocastInferer, FlipInferer, autocast_dtype, cpu_supports_bf16
+from scripts.inferers import (
+    AutocastInferer,
+    FlipInferer,
+    WholeImageInferer,
+    autocast_dtype,
+    cpu_supports_bf16,
+    memory_format,
+)
 from scripts.networks import R2AttUNet
 
 
@@ -74,3 +81,38 @@ def test_flip_inferer_matches_the_symmetries_by_hand():
         )
     assert tta.shape == single.shape and not torch.allclose(tta, single)
     assert torch.allclose(tta, torch.cat([by_hand, plane]).mean(0), atol=1e-5)
+
+
+def test_whole_image_inferer_pads_crops_and_falls_back():
+    torch.manual_seed(0)
+    net = R2AttUNet(2, 1, 2, channels=(4, 8, 16)).eval()
+    x = torch.rand(1, 1, 37, 50)  # not a multiple of the network's stride (4)
+    calls = []
+
+    def counting(t):
+        calls.append(tuple(t.shape[2:]))
+        return net(t)
+
+    sw = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=1, overlap=0.25)
+    whole = WholeImageInferer(sw, divisor=4)
+    with torch.no_grad():
+        out = whole(x, counting)
+        padded = net(torch.nn.functional.pad(x, (0, 2, 0, 3)))[..., :37, :50]
+    assert out.shape == (1, 2, 37, 50) and calls == [(40, 52)]  # one pass, padded to a multiple of 4
+    assert torch.allclose(out, padded)
+    calls.clear()
+    with torch.no_grad():
+        fallback = WholeImageInferer(sw, max_pixels=100, divisor=4)(x, counting)
+    assert len(calls) > 1 and all(c == (32, 32) for c in calls)  # too large: the sliding window
+    assert fallback.shape == out.shape
+
+
+def test_memory_format_follows_the_cpu(caplog):
+    import scripts.inferers
+
+    scripts.inferers._LOGGED.clear()  # the choice is logged once per process
+    with caplog.at_level("INFO", logger="scripts.inferers"):
+        fmt = memory_format(2, "cpu")
+    assert fmt == (torch.channels_last if cpu_supports_bf16() else torch.contiguous_format)
+    assert memory_format(3, "cpu") in (torch.channels_last_3d, torch.contiguous_format)
+    assert "memory format" in caplog.text and ("bf16" in caplog.text or "fp32" in caplog.text)

@@ -98,6 +98,9 @@ def test_instances_from_probabilities_split_touching_objects():
     assert np.array_equal(instances > 0, ids > 0)  # the union is the mask, exactly
     assert instances.max() == 2 and matching_ratios(instances, ids)["ratio"][0] == 1
     assert instances_from_probabilities(targets[0]).max() == 1  # no centre map: connected components
+    assert instances_from_probabilities(targets[0], seeds="distance", h=1.0).max() == 2  # the mask's distance map
+    with pytest.raises(ValueError, match="seeds"):
+        instances_from_probabilities(targets[0], seeds="contour")
     speck = targets.copy()
     speck[:, 0, 0] = 1
     assert instances_from_probabilities(speck[0], speck[1]).max() == 3  # every foreground pixel belongs to an object

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import fire
+import numpy as np
 import torch
 
 from scripts import quiet
@@ -46,6 +47,7 @@ TRAIN_CONFIG = BUNDLE / "configs" / "train.json"
 TRAIN_CONFIG_FILE = str(TRAIN_CONFIG)
 INFERENCE_CONFIG = BUNDLE / "configs" / "inference.json"
 INFERENCE_CONFIG_FILE = str(INFERENCE_CONFIG)
+MODELS_DIR = str(BUNDLE / "models")
 
 __all__ = ["train", "infer", "data", "gpu", "conv", "training_gflop"]
 
@@ -422,6 +424,137 @@ def infer(
     return result
 
 
+# the inference modes compared by ``modes``: name -> overrides of configs/inference.json
+INFERENCE_MODES = {
+    "ensemble, windows (0.6 default)": {"ensemble": "True", "whole_image_max_pixels": "0"},
+    "one network, windows": {"ensemble": "False", "whole_image_max_pixels": "0"},
+    "one network, whole images (default)": {"ensemble": "False"},
+    "ensemble, whole images": {"ensemble": "True"},
+}
+
+
+# monai.bundle in this process, then its peak resident memory (MB) as the last line
+_PEAK_RSS = (
+    "import resource, runpy, sys; sys.argv = ['monai.bundle', *sys.argv[1:]]\n"
+    "try:\n    runpy.run_module('monai.bundle', run_name='__main__')\nexcept SystemExit as e:\n"
+    "    if e.code not in (None, 0): raise\n"
+    "print('peak_rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+)
+
+
+def _split_inputs(datalist: str, key: str, limit: int | None, folder: Path) -> list[dict]:
+    """Links to the ``key`` images of ``datalist`` in ``folder`` (inference.json reads a folder); their items."""
+    from scripts.data import load_datalist
+
+    items = load_datalist(datalist, key)[:limit]
+    folder.mkdir(parents=True, exist_ok=True)
+    for it in items:
+        link = folder / Path(it["image"]).name
+        if not link.exists():
+            link.symlink_to(Path(it["image"]).resolve())
+    return items
+
+
+def _scores(items: list[dict], out: Path) -> dict[str, float]:
+    """Pooled Dice of the written masks and DSB2018 score of the written instances against the labels."""
+    from PIL import Image
+
+    from scripts.instances import matching_ratios
+
+    inter = total = 0
+    dsb = []
+    for it in items:
+        stem = Path(it["image"]).name.rsplit(".", 1)[0]
+        label = np.asarray(Image.open(it["label"]))
+        seg = np.asarray(Image.open(out / f"{stem}_seg.png")) > 0
+        inter += int((seg & (label > 0)).sum())
+        total += int(seg.sum() + (label > 0).sum())
+        instances = out / f"{stem}_instances.png"
+        if instances.is_file():
+            dsb.append(float(matching_ratios(np.asarray(Image.open(instances)), label)["ratio"].mean()))
+    return {"pooled_dice": 2 * inter / max(total, 1), "dsb_score": float(np.mean(dsb)) if dsb else float("nan")}
+
+
+def _plain_forward_s(items: list[dict], ckpt_dir: str, roi: int = 256, overlap: float = 0.25) -> float:
+    """Seconds of the plain fp32 network (contiguous, no autocast) over the 256x256 windows of every image: the
+    floor of a sliding-window segmenter."""
+    from monai.data import Dataset
+    from monai.inferers import SlidingWindowInferer
+
+    parser = _parser(INFERENCE_CONFIG, {"memory_format": "$torch.contiguous_format", "bundle_root": str(BUNDLE)})
+    network = parser.get_parsed_content("network_def").eval()
+    network.load_state_dict(torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True))
+    inferer = SlidingWindowInferer((roi, roi), sw_batch_size=4, overlap=overlap, mode="gaussian")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    seconds = 0.0
+    for d in Dataset([{"image": it["image"]} for it in items], transform=preprocessing):
+        start = time.perf_counter()
+        with torch.no_grad():
+            inferer(d["image"][None], network)
+        seconds += time.perf_counter() - start
+    return seconds
+
+
+def modes(
+    datalist: str,
+    key: str = "validation",
+    limit: int | None = None,
+    ckpt_dir: str = MODELS_DIR,
+    out: str = "runs/benchmark_modes",
+    names: tuple = tuple(INFERENCE_MODES),
+) -> dict[str, Any]:
+    """Times ``configs/inference.json`` end to end (start-up, read, segment, objects, write) in each of
+    :data:`INFERENCE_MODES` side by side on the same images (the ``key`` split of ``datalist``), each in its own
+    process: images/s, s/megapixel, peak resident memory, and the pooled Dice and DSB2018 score of what it wrote;
+    then the plain fp32 forward pass over the 256x256 windows of the same images (the floor). Ratios are against
+    the first mode (0.6's default) and against the floor."""
+    from PIL import Image
+
+    root = Path(out).resolve()
+    items = _split_inputs(datalist, key, limit, root / "inputs")
+    megapixels = sum(Image.open(it["image"]).size[0] * Image.open(it["image"]).size[1] for it in items) / 1e6
+    results: dict[str, Any] = {"images": len(items), "megapixels": megapixels, "cpu": _device_name(torch.device("cpu"))}
+    for name in names:
+        target = root / ("out_" + "".join(c if c.isalnum() else "_" for c in name))
+        args = [
+            "--config_file",
+            "configs/inference.json",
+            "--dataset_dir",
+            str(root / "inputs"),
+            "--output_dir",
+            str(target),
+            "--ckpt_dir",
+            str(Path(ckpt_dir).resolve()),
+            "--progress_bar",
+            "False",
+        ]
+        for k, v in INFERENCE_MODES[name].items():
+            args += [f"--{k}", v]
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, "run", *args], cwd=BUNDLE, capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+        peak = float(proc.stdout.strip().splitlines()[-1].split()[-1])
+        results[name] = {
+            "seconds": seconds,
+            "images_per_s": len(items) / seconds,
+            "s_per_megapixel": seconds / megapixels,
+            "peak_rss_mb": peak,
+            **_scores(items, target),
+        }
+        print(json.dumps({name: results[name]}), flush=True)
+    results["plain fp32 forward per window (s)"] = _plain_forward_s(items, ckpt_dir)
+    first = results[names[0]]["seconds"]
+    for name in names:
+        results[name]["speedup_vs_first"] = first / results[name]["seconds"]
+        results[name]["x_plain_forward"] = results[name]["seconds"] / results["plain fp32 forward per window (s)"]
+    print(json.dumps(results, indent=1))
+    return results
+
+
 def net_def_channels(parser) -> list[int]:
     return [int(c) for c in parser.get_parsed_content("network_def#channels")]
 
@@ -603,6 +736,13 @@ if __name__ == "__main__":
     fire.Fire(
         {
             name: quiet(f)
-            for name, f in (("train", train), ("infer", infer), ("data", data), ("gpu", gpu), ("conv", conv))
+            for name, f in (
+                ("train", train),
+                ("infer", infer),
+                ("modes", modes),
+                ("data", data),
+                ("gpu", gpu),
+                ("conv", conv),
+            )
         }
     )

@@ -1,8 +1,11 @@
-"""Choose the object post-processing (``seed_threshold``, ``min_seed_size``) by measurement, and score objects per
+"""Choose the object post-processing (``seeds``, ``seed_h``, ``seed_sigma``, ``min_object_size``) by measurement, and score objects per
 image type: the network runs once per image through ``configs/inference.json`` (weights from ``--ckpt_dir``), then
 every setting is scored on the same probabilities.
 
 ``python -m tools.objects_sweep --datalist bundle/data/dsb2018/datalist.json --key training --limit 60``
+
+Tune on training images (the network trained on them, but the post-processing did not), report on the validation
+split.
 
 Prints, per setting, the DSB2018 score and the TP/(TP+FP+FN) ratio at IoU 0.5 and 0.75 (mean over images), and for
 the connected components of the mask (the pixel model's answer) beside them; ``--out`` writes them as JSON.
@@ -58,10 +61,7 @@ def score(results: list[dict], **params) -> dict:
     """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75, overall and per image type."""
     per_group: dict[str, list[np.ndarray]] = {}
     for r in results:
-        if params.get("components"):
-            pred = instances_from_probabilities(r["prob"][0])
-        else:
-            pred = instances_from_probabilities(r["prob"][0], r["prob"][1], **params)
+        pred = instances_from_probabilities(r["prob"][0], r["prob"][1], **params)
         ratios = matching_ratios(pred, r["true"])["ratio"]
         per_group.setdefault("all", []).append(ratios)
         per_group.setdefault(r["group"], []).append(ratios)
@@ -76,24 +76,31 @@ def score(results: list[dict], **params) -> dict:
     }
 
 
+# settings compared: (seeds, h); each with every sigma and min_size below
+SEEDS = (("centre", 0.05), ("centre", 0.1), ("centre", 0.2), ("distance", 0.5), ("distance", 1.0), ("distance", 2.0))
+
+
 def main(
     datalist: str,
     key: str = "training",
     ckpt_dir: str = MODELS_DIR,
     limit: int | None = None,
     ensemble: bool = False,
-    seed_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7),
-    min_seed_sizes=(1, 4, 8, 16),
+    seeds=SEEDS,
+    sigmas=(1.0, 2.0),
+    min_sizes=(0, 10, 20, 40),
     out: str | None = None,
 ) -> None:
     results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
-    table = {"connected components": score(results, components=True)}
-    for t, m in itertools.product(seed_thresholds, min_seed_sizes):
-        table[f"seed_threshold={t} min_seed_size={m}"] = score(results, seed_threshold=t, min_seed_size=m)
+    table = {"connected components": score(results, h=np.inf)}
+    for (source, h), sigma, m in itertools.product(seeds, sigmas, min_sizes):
+        table[f"seeds={source} h={h} sigma={sigma} min_size={m}"] = score(
+            results, seeds=source, h=h, sigma=sigma, min_size=m
+        )
     for name, s in table.items():
         groups = "; ".join(f"{g} ({v['images']}) {v['dsb']:.3f}" for g, v in s.items() if g != "all")
         a = s["all"]
-        print(f"{name:<36} DSB {a['dsb']:.4f}  IoU0.5 {a['iou50']:.4f}  IoU0.75 {a['iou75']:.4f}  | {groups}")
+        print(f"{name:<48} DSB {a['dsb']:.4f}  IoU0.5 {a['iou50']:.4f}  IoU0.75 {a['iou75']:.4f}  | {groups}")
     if out:
         Path(out).write_text(json.dumps(table, indent=2))
 

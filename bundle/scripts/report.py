@@ -39,6 +39,7 @@ from PIL import Image
 
 from scripts import quiet
 from scripts.data import load_datalist
+from scripts.instances import DSB_THRESHOLDS, as_instances, matching_ratios
 
 __all__ = [
     "score_predictions",
@@ -98,7 +99,30 @@ def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
         values = [float(v) for v in pooled.aggregate()]
         results[name] = {"images": len(members), "mean Dice": float(per_image.aggregate())}
         results[name].update({_NAMES[m]: v for m, v in zip(_POOLED, values, strict=True)})
+        results[name].update(_object_scores(members, pred_dir))
     return results
+
+
+def _object_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
+    """Means over images of the DSB2018 score and TP/(TP+FP+FN) at IoU 0.5 and 0.75 of ``<stem>_instances.png``
+    against the label's instances, and of the connected components of ``<stem>_seg.png`` (the pixel answer) beside
+    them; empty when the predictions hold no instances."""
+    ours, components = [], []
+    for it in items:
+        stem = Path(it["image"]).stem
+        if not (pred_dir / f"{stem}_instances.png").is_file():
+            return {}
+        label = np.asarray(Image.open(it["label"]))
+        ours.append(matching_ratios(np.asarray(Image.open(pred_dir / f"{stem}_instances.png")), label)["ratio"])
+        seg = np.asarray(Image.open(pred_dir / f"{stem}_seg.png").convert("L")) > 0
+        components.append(matching_ratios(seg.astype(np.uint8), label)["ratio"])
+    scores = {}
+    for prefix, ratios in (("", ours), ("connected components: ", components)):
+        ratios = np.asarray(ratios)
+        scores[f"{prefix}DSB score"] = float(ratios.mean())
+        scores[f"{prefix}TP/(TP+FP+FN) at IoU 0.5"] = float(ratios[:, DSB_THRESHOLDS.index(0.5)].mean())
+        scores[f"{prefix}TP/(TP+FP+FN) at IoU 0.75"] = float(ratios[:, DSB_THRESHOLDS.index(0.75)].mean())
+    return scores
 
 
 def _errors(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -148,6 +172,43 @@ def plot_examples(
             ]
         )
     _plot_grid(rows, out_file, panel=3, dpi=80, fontsize=9)
+
+
+def _outlined(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` in [0, 1]: the gray ``image`` with each object's outline in its own colour."""
+    from skimage.color import label2rgb
+    from skimage.segmentation import find_boundaries
+
+    gray = (image - image.min()) / max(float(image.max() - image.min()), 1e-8)
+    outlines = np.where(find_boundaries(instances, mode="inner"), instances, 0)
+    return np.where((outlines > 0)[..., None], label2rgb(outlines, bg_label=0), gray[..., None])
+
+
+def plot_instances(
+    items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, per_group: int = 2
+) -> None:
+    """A grid with one row per example (``per_group`` of each image type): the true nuclei, the connected components
+    of the mask (the pixel answer) and the predicted instances, each nucleus outlined in its own colour, with the
+    image's DSB2018 score."""
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        by_group[it.get("group", "all")].append(it)
+    rows = []
+    for it in (it for g in sorted(by_group) for it in by_group[g][:per_group]):
+        stem = Path(it["image"]).stem
+        image = np.asarray(Image.open(it["image"]).convert("L")).astype(np.float32)
+        true = as_instances(np.asarray(Image.open(it["label"])))
+        seg = as_instances(np.asarray(Image.open(Path(pred_dir) / f"{stem}_seg.png")) > 0)
+        pred = np.asarray(Image.open(Path(pred_dir) / f"{stem}_instances.png")).astype(np.int64)
+        dsb = [float(matching_ratios(p, true)["ratio"].mean()) for p in (seg, pred)]
+        rows.append(
+            [
+                (_outlined(image, true), None, f"{it.get('group', '')} {stem[:8]}: {int(true.max())} nuclei"),
+                (_outlined(image, seg), None, f"connected components: {int(seg.max())}, DSB {dsb[0]:.2f}"),
+                (_outlined(image, pred), None, f"instances: {int(pred.max())}, DSB {dsb[1]:.2f}"),
+            ]
+        )
+    _plot_grid(rows, out_file, panel=4, dpi=80, fontsize=9)
 
 
 def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike) -> dict:
@@ -261,12 +322,15 @@ def logs(logs: dict, out: str) -> dict:
 
 
 def main(datalist: str, pred_dir: str, out: str, key: str = "validation", tb_dir: str | None = None) -> None:
-    """Write ``report.json``, ``examples.png`` and ``training_curves.png`` (with ``tb_dir``) to ``out``; print a table."""
+    """Write ``report.json``, ``examples.png``, ``instances.png`` (when the predictions hold instances) and
+    ``training_curves.png`` (with ``tb_dir``) to ``out``; print a table."""
     items = load_datalist(datalist, key)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"split": key, "scores": score_predictions(items, pred_dir)}
     plot_examples(items, pred_dir, out_dir / "examples.png")
+    if all((Path(pred_dir) / f"{Path(it['image']).stem}_instances.png").is_file() for it in items):
+        plot_instances(items, pred_dir, out_dir / "instances.png")
     if tb_dir:
         report["training"] = plot_training_curves(tb_dir, out_dir / "training_curves.png")
     (out_dir / "report.json").write_text(json.dumps(report, indent=4))

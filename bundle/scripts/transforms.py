@@ -60,15 +60,14 @@ class Instancesd(MapTransform):
         keys: KeysCollection,
         instances_key: str = "instances",
         threshold: float = 0.5,
-        seed_threshold: float = 0.5,
-        min_seed_size: int = 4,
+        seeds: str = "centre",
+        h: float = 0.1,
+        sigma: float = 1.0,
         min_size: int = 0,
     ) -> None:
         super().__init__(keys)
         self.instances_key = instances_key
-        self.threshold = threshold
-        self.seed_threshold = seed_threshold
-        self.min_seed_size = min_seed_size
+        self.params = {"threshold": threshold, "seeds": seeds, "h": h, "sigma": sigma, "min_size": min_size}
         self.min_size = min_size
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -80,14 +79,7 @@ class Instancesd(MapTransform):
                     f"Instancesd: {key!r} needs 2 channels (object mask, centre map), got {prob.shape[0]}."
                 )
             p = prob.detach().float().cpu().numpy()
-            instances = instances_from_probabilities(
-                p[0],
-                p[1],
-                threshold=self.threshold,
-                seed_threshold=self.seed_threshold,
-                min_seed_size=self.min_seed_size,
-                min_size=self.min_size,
-            )
+            instances = instances_from_probabilities(p[0], p[1], **self.params)
             d[self.instances_key] = _as_meta(instances[None], prob)
             # the mask channel; objects under min_size pixels leave the mask too, so that it is their union
             d[key] = prob[:1] * torch.as_tensor(instances > 0, device=prob.device)[None] if self.min_size else prob[:1]
