@@ -1,6 +1,6 @@
-"""Choose the object post-processing (``seeds``, ``seed_h``, ``seed_sigma``, ``min_object_size``) by measurement, and score objects per
-image type: the network runs once per image through ``configs/inference.json`` (weights from ``--ckpt_dir``), then
-every setting is scored on the same probabilities.
+"""Choose the object post-processing (``seeds``, ``seed_h``, ``seed_sigma``, ``min_object_size``) by measurement,
+and score objects per image type: the network runs once per image through ``configs/inference.json`` (weights
+from ``--ckpt_dir``), then every setting is scored on the same probabilities.
 
 ``python -m tools.objects_sweep --datalist bundle/data/dsb2018/datalist.json --key training --limit 60``
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-__all__ = ["as_bool", "quiet", "InputError", "MissingInputError"]
+__all__ = ["as_bool", "off", "default_device", "quiet", "InputError", "MissingInputError"]
 
 
 class InputError(ValueError):
@@ -54,6 +55,18 @@ def as_bool(value: object) -> bool:
     return str(value).strip().lower() in ("true", "1")
 
 
+def off(value: object) -> bool:
+    """``not as_bool(value)``: a flag that is off, for ``_disabled_`` in the configs."""
+    return not as_bool(value)
+
+
+def default_device() -> Any:
+    """The first GPU when there is one, else the CPU."""
+    import torch
+
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
 def quiet(function: Callable[..., Any]) -> Callable[..., None]:
     """``function`` for ``fire``'s command line, returning nothing: ``fire`` would print the returned value after
     what the command itself printed. ``functools.wraps`` keeps the signature, so ``fire`` still sees the arguments."""
@@ -63,6 +76,18 @@ def quiet(function: Callable[..., Any]) -> Callable[..., None]:
         function(*args, **kwargs)
 
     return run
+
+
+def __getattr__(name: str) -> Any:
+    """``scripts.<module>`` imports the module on first use, so configs need only ``$import scripts``."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"{__name__}.{name}":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        raise
 
 
 def _check_options() -> None:

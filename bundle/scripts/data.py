@@ -40,6 +40,8 @@ __all__ = [
     "write_json_atomic",
     "load_datalist",
     "list_images",
+    "group_sampler",
+    "drop_last",
 ]
 
 logger = logging.getLogger(__name__)
@@ -300,15 +302,25 @@ def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFI
 def group_sampler(items: Sequence[dict], power: float = 0.5, seed: int = 0):
     """A ``WeightedRandomSampler`` that draws each sample with weight ``1 / n_group ** power`` (``n_group``: samples
     of its ``group``, e.g. fluorescence, brightfield, colour), so that rare image types are seen more often:
-    ``power=0`` is uniform, ``power=1`` balances the groups. One epoch draws ``len(items)`` samples with replacement."""
+    ``power=1`` balances the groups. One epoch draws ``len(items)`` samples with replacement. ``power=0`` (uniform)
+    gives ``None``: the loader shuffles instead."""
     import torch
 
+    if not float(power):
+        return None
     groups = [it.get("group", "all") for it in items]
     counts = Counter(groups)
     weights = torch.tensor([counts[g] ** -power for g in groups], dtype=torch.double)
     return torch.utils.data.WeightedRandomSampler(
         weights, num_samples=len(items), replacement=True, generator=torch.Generator().manual_seed(seed)
     )
+
+
+def drop_last(dataset: Sequence, sampler: Sequence | None, batch_size: int) -> bool:
+    """Drop the last incomplete batch of an epoch, unless the samples an epoch draws (``sampler``'s, else
+    ``dataset``'s: per process under torchrun) are fewer than a batch, which then trains as one smaller batch
+    (MONAI would otherwise skip an empty loader)."""
+    return len(dataset if sampler is None else sampler) >= int(batch_size)
 
 
 def _isbi_pages(src: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:

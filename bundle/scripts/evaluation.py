@@ -26,6 +26,10 @@ __all__ = [
     "rand_info_scores",
     "ForegroundRandInfo",
     "ObjectMatching",
+    "pred_keys",
+    "pick",
+    "image_meta",
+    "run",
     "ensemble_files",
     "load_ensemble",
     "reset_ensemble",
@@ -158,6 +162,27 @@ class ObjectMatching(CumulativeIterationMetric):
         if not isinstance(data, torch.Tensor):
             raise ValueError("ObjectMatching: no data to aggregate.")
         return torch.nanmean(data.float())
+
+
+def pred_keys(networks: Sequence | None) -> list[str]:
+    """``pred0, pred1, ...``: the output key of each network of a checkpoint ensemble (none when it is disabled)."""
+    return [f"pred{i}" for i in range(len(networks or []))]
+
+
+def pick(ensemble: bool | str, ensemble_evaluator: object, single_evaluator: object) -> object:
+    """The evaluator that ``--ensemble`` chooses: the checkpoint ensemble's or the single network's."""
+    return ensemble_evaluator if as_bool(ensemble) else single_evaluator
+
+
+def image_meta(batch: Sequence[dict]) -> list[dict]:
+    """The image metadata of each item of a decollated batch (``MetricsSaver``'s ``batch_transform``: file names)."""
+    return [item["image"].meta for item in batch]
+
+
+def run(engine: object | None) -> None:
+    """Run ``engine`` unless it is disabled (``None``)."""
+    if engine is not None:
+        engine.run()
 
 
 def ensemble_files(ensemble_dir: str) -> list[str]:

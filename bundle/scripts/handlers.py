@@ -244,3 +244,63 @@ class EvaluationLabel:
             f"{k} {v:.4f}" for k, v in sorted(engine.state.metrics.items()) if isinstance(v, (int, float))
         )
         self.logger.info(f"{self.label} ({self.weights}): {scores}; metrics in {self.save_dir}")
+
+
+def weight_ema(network: torch.nn.Module, momentum: float | str) -> WeightEMA | None:
+    """The weight average of ``--ema_momentum`` (``None`` when it is 0: no average)."""
+    return WeightEMA(network, momentum=float(momentum)) if float(momentum) else None
+
+
+def eval_network(network: torch.nn.Module, ema: WeightEMA | None) -> torch.nn.Module:
+    """The network that validation scores and checkpoints save: the weight average when there is one."""
+    return network if ema is None else ema.ema_model
+
+
+def training_state(objects: Mapping[str, Any], ema: WeightEMA | None = None) -> dict[str, Any]:
+    """The training state for ``--resume``: ``objects`` (model, optimizer, trainer...) without those a run does not
+    have (``None``), checkpoint savers as their :class:`SaverState` (which checkpoints they keep), and the weight
+    average's model as ``ema_model`` when there is one."""
+    state = {k: SaverState(v) if isinstance(v, CheckpointSaver) else v for k, v in objects.items() if v is not None}
+    if ema is not None:
+        state["ema_model"] = ema.ema_model
+    return state
+
+
+def key_metric(engine: Engine) -> float:
+    """The evaluator's key metric, for the LR plateau schedule."""
+    return engine.state.metrics[engine.state.key_metric_name]
+
+
+def attach_training_handlers(
+    trainer: Engine,
+    evaluator: Engine,
+    val_interval: int,
+    state_saver: TrainingStateSaver,
+    lr_handler: Any,
+    finetune_loader: CheckpointLoader | None,
+    resume_loader: CheckpointLoader | None,
+    ema: WeightEMA | None,
+    ensemble_dir: str,
+    resume: bool | str,
+    ckpt_dir: str,
+) -> None:
+    """Everything ``train.json`` adds to its engines beyond MONAI's handlers, in the order that matters: a check that
+    the ``--finetune`` weights exist (before anything is written), validation after the last epoch, the training
+    state after validation, the LR schedule on the validation score, the fine-tune and resume loaders (when
+    enabled), the weight average after them, and, when the trainer starts (after the data checks and weight loads
+    succeeded), an empty checkpoint ensemble in ``<ckpt_dir>/ensemble`` unless the run resumes."""
+    if finetune_loader is not None:
+        require_weights(finetune_loader.load_path, ckpt_dir)
+    validate_last_epoch(trainer, evaluator, val_interval)
+    state_saver.attach(trainer)
+    lr_handler.attach(evaluator)
+    for loader in (finetune_loader, resume_loader, ema):
+        if loader is not None:
+            loader.attach(trainer)
+    trainer.add_event_handler(Events.STARTED, _reset_ensemble, ensemble_dir, resume)
+
+
+def _reset_ensemble(engine: Engine, ensemble_dir: str, resume: bool | str) -> None:
+    from scripts.evaluation import reset_ensemble
+
+    reset_ensemble(ensemble_dir, resume)

@@ -19,11 +19,14 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
+from scripts import as_bool
+
 __all__ = [
     "PRECISIONS",
     "cpu_supports_bf16",
     "autocast_dtype",
     "memory_format",
+    "with_flips",
     "AutocastInferer",
     "WholeImageInferer",
     "FlipInferer",
@@ -86,6 +89,11 @@ def memory_format(spatial_dims: int, device: str | torch.device, precision: str 
 
 
 _LOGGED: set[tuple] = set()
+
+
+def with_flips(inferer: Inferer, tta: bool | str) -> Inferer:
+    """``inferer`` with test-time flips (:class:`FlipInferer`) when ``tta`` is set (``--tta true``)."""
+    return FlipInferer(inferer) if as_bool(tta) else inferer
 
 
 class _AutocastNetwork:

@@ -20,6 +20,8 @@ from monai.networks.layers.factories import Act, Pool
 from monai.networks.nets.attentionunet import AttentionBlock
 from monai.utils import ensure_tuple_rep
 
+from scripts import as_bool
+
 __all__ = [
     "RecurrentUnit",
     "R2Block",
@@ -321,7 +323,7 @@ class R2AttUNet(nn.Module):
                 time_steps,
                 recurrent=recurrent,
                 residual=residual,
-                memory_saving=memory_saving,
+                memory_saving=as_bool(memory_saving),
                 kernel_size=self.kernel_size[level],
             )
 

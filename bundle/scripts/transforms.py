@@ -13,6 +13,7 @@ from monai.visualize import blend_images
 from skimage.color import label2rgb
 from skimage.segmentation import find_boundaries
 
+from scripts import as_bool
 from scripts.instances import instances_from_probabilities, object_targets
 
 __all__ = ["Overlayd", "LabelTargetsd", "Instancesd"]
@@ -32,9 +33,9 @@ class LabelTargetsd(MapTransform):
     ``instances_key``: also keep the instance ids ``(1, *spatial)`` under that key (for object scores).
     """
 
-    def __init__(self, keys: KeysCollection, objects: bool = True, instances_key: str | None = None) -> None:
+    def __init__(self, keys: KeysCollection, objects: bool | str = True, instances_key: str | None = None) -> None:
         super().__init__(keys)
-        self.objects = objects
+        self.objects = as_bool(objects)
         self.instances_key = instances_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
