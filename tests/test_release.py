@@ -189,7 +189,7 @@ def release(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("dist")
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.package", "--out", str(out)],
+        [sys.executable, "-m", "tools.package", "archive", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -338,3 +338,44 @@ def test_mlflow_tracking_with_a_local_store(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("release_test").experiment_id])
     metrics = set().union(*(r.data.metrics for r in runs))
     assert {"train_loss", "val_mean_dice"} <= metrics, metrics
+
+
+def test_large_files_in_the_bundle_root_list_the_shipped_weights():
+    """The Model Zoo's large_files.yml sits in the bundle root and matches the weights on disk (path, MD5, url)."""
+    import yaml
+
+    from scripts.download import file_md5
+    from tools.package import BUNDLE_NAME, URL_BASE, bundle_files
+
+    entries = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
+    _, weights = bundle_files(BUNDLE)
+    version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    base = URL_BASE.format(name=BUNDLE_NAME, version=version)
+    assert [e["path"] for e in entries] == weights
+    for e in entries:
+        assert e["hash_val"] == file_md5(BUNDLE / e["path"]), f"{e['path']}: run python -m tools.package large_files"
+        assert e["url"] == f"{base}/{e['path']}" and e["hash_type"] == "md5"
+
+
+def test_weights_removed_are_fetched_from_a_file_base(tmp_path):
+    """As the Model Zoo's CI does: a bundle without its weights gets them back from the urls of large_files.yml
+    (here a file:// base), checked against their MD5, and the inference config then loads them."""
+    from monai.bundle import ConfigParser, download_large_files
+
+    from scripts.download import file_md5
+    from tools.package import write_large_files
+
+    copy = tmp_path / "bundle"
+    for tree in ("configs", "scripts", "models"):
+        shutil.copytree(BUNDLE / tree, copy / tree, ignore=shutil.ignore_patterns("checkpoints", "__pycache__"))
+    shutil.copy(BUNDLE / "LICENSE", copy / "LICENSE")
+    write_large_files(str(copy), url_base=(BUNDLE.as_uri() + "/"))
+    expected = {p.relative_to(copy).as_posix(): file_md5(p) for p in (copy / "models").rglob("*.pt")}
+    for p in (copy / "models").rglob("*.pt"):
+        p.unlink()
+    download_large_files(bundle_path=str(copy))
+    assert {p.relative_to(copy).as_posix(): file_md5(p) for p in (copy / "models").rglob("*.pt")} == expected
+    parser = ConfigParser()
+    parser.read_config(str(copy / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(copy / "models" / "model.pt", weights_only=True))

@@ -1,15 +1,18 @@
 """Package the bundle for release in the Model Zoo archive format.
 
-``python -m tools.package --out DIR [--name r2attunet_microscopy_segmentation] [--url_base URL]``
+``python -m tools.package archive --out DIR [--name r2attunet_microscopy_segmentation] [--url_base URL]``
 
-writes ``DIR/<name>_v<version>.zip`` (``version`` from ``configs/metadata.json``) with one top folder ``<name>/``
-holding ``configs/``, ``scripts/``, ``models/`` (``model.pt``, ``ensemble/*.pt`` and, when exported, ``model.ts`` and
+(from the repository root) writes ``DIR/<name>_v<version>.zip`` (``version`` from ``configs/metadata.json``) with
+one top folder ``<name>/`` holding ``configs/``, ``scripts/``, ``models/`` (``model.pt``, ``ensemble/*.pt`` and, when exported, ``model.ts`` and
 ``model.onnx``; no training checkpoints), ``docs/``, ``LICENSE`` and ``large_files.yml``, which names every weights
-file with its MD5 (``url`` is ``<url_base>/<path>`` when ``--url_base`` is given). This is the layout that
+file with its MD5 and ``url`` ``<url_base>/<path>`` (default base :data:`URL_BASE`). This is the layout that
 ``python -m monai.bundle download --name <name> ...`` unpacks into ``<bundle_dir>/<name>``; attached to a GitHub
 release it is what ``--source github --repo owner/repo/tag`` fetches. Entries are sorted with fixed timestamps, so
 the same files give the same archive, which is written atomically. Files over 25 MB (the Model Zoo's limit for a
 file in a bundle) are refused.
+
+``python -m tools.package large_files [--url_base URL]`` writes the same ``large_files.yml`` into the bundle root, as
+the Model Zoo wants it there; run it whenever the weights change (a test checks that it matches them).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ WEIGHTS = (
     "models/model.ts",
     "models/model.onnx",
 )
+# where released weights are hosted: the Model Zoo's storage release, one folder per bundle version
+URL_BASE = "https://github.com/Project-MONAI/model-zoo/releases/download/hosting_storage_v1/{name}_v{version}"
 _TREES = ("configs", "scripts", "docs")
 _SKIP_PARTS = {"__pycache__", ".ipynb_checkpoints"}
 _TIMESTAMP = (2022, 5, 30, 0, 0, 0)  # fixed entry time, as the Model Zoo's own packaging
@@ -84,6 +89,21 @@ def large_files_yaml(root: Path, weights: list[str], url_base: str | None = None
     return "\n".join(lines) + "\n"
 
 
+def write_large_files(bundle_root: str | None = None, url_base: str = URL_BASE, name: str = BUNDLE_NAME) -> str:
+    """Write the Model Zoo's ``large_files.yml`` into the bundle root (atomically): every weights file with its MD5
+    and its url under ``url_base`` (``{name}`` and ``{version}`` filled in; a ``file://`` base serves a local copy).
+    ``python -m monai.bundle download_large_files --bundle_path bundle`` fetches the weights it lists."""
+    root = Path(bundle_root) if bundle_root else BUNDLE
+    version = json.loads((root / "configs" / "metadata.json").read_text())["version"]
+    _, weights = bundle_files(root)
+    text = large_files_yaml(root, weights, url_base.format(name=name, version=version))
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".large_files.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, root / "large_files.yml")
+    return str(root / "large_files.yml")
+
+
 def _add(archive: zipfile.ZipFile, arcname: str, data: bytes) -> None:
     info = zipfile.ZipInfo(arcname, date_time=_TIMESTAMP)
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -91,7 +111,7 @@ def _add(archive: zipfile.ZipFile, arcname: str, data: bytes) -> None:
     archive.writestr(info, data, compresslevel=9)
 
 
-def package(out: str, name: str = BUNDLE_NAME, url_base: str | None = None, bundle_root: str | None = None) -> str:
+def package(out: str, name: str = BUNDLE_NAME, url_base: str | None = URL_BASE, bundle_root: str | None = None) -> str:
     """Write ``<out>/<name>_v<version>.zip`` from the bundle at ``bundle_root`` (default: this bundle); returns its
     path. Raises ``ValueError`` naming ``metadata.json`` when its ``version`` has no ``changelog`` entry."""
     root = Path(bundle_root) if bundle_root else BUNDLE
@@ -110,7 +130,8 @@ def package(out: str, name: str = BUNDLE_NAME, url_base: str | None = None, bund
         with zipfile.ZipFile(tmp, "w") as archive:
             for f in files:
                 _add(archive, f"{name}/{f}", (root / f).read_bytes())
-            _add(archive, f"{name}/large_files.yml", large_files_yaml(root, weights, url_base).encode())
+            base = url_base.format(name=name, version=version) if url_base else None
+            _add(archive, f"{name}/large_files.yml", large_files_yaml(root, weights, base).encode())
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
@@ -122,4 +143,4 @@ def package(out: str, name: str = BUNDLE_NAME, url_base: str | None = None, bund
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fire.Fire(package)
+    fire.Fire({"archive": package, "large_files": write_large_files})
