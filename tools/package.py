@@ -3,8 +3,9 @@
 ``python -m tools.package archive --out DIR [--name r2attunet_microscopy_segmentation] [--url_base URL]``
 
 (from the repository root) writes ``DIR/<name>_v<version>.zip`` (``version`` from ``configs/metadata.json``) with
-one top folder ``<name>/`` holding ``configs/``, ``scripts/``, ``models/`` (``model.pt``, ``ensemble/*.pt`` and, when exported, ``model.ts`` and
-``model.onnx``; no training checkpoints), ``docs/``, ``LICENSE`` and ``large_files.yml``, which names every weights
+one top folder ``<name>/`` holding ``configs/``, ``scripts/``, ``models/`` (``model.pt``, ``ensemble/*.pt`` and,
+when exported, ``model.ts`` and ``model.onnx``; no training checkpoints), ``docs/``, ``LICENSE`` and
+``large_files.yml``, which names every weights
 file with its MD5 and ``url`` ``<url_base>/<path>`` (default base :data:`URL_BASE`). This is the layout that
 ``python -m monai.bundle download --name <name> ...`` unpacks into ``<bundle_dir>/<name>``; attached to a GitHub
 release it is what ``--source github --repo owner/repo/tag`` fetches. Entries are sorted with fixed timestamps, so
