@@ -40,3 +40,25 @@ def dsb2018_dir() -> Path:
     if not DSB2018.is_dir():
         pytest.skip(f"DSB2018 not found at {DSB2018}")
     return DSB2018
+
+
+# whole modules that train, start servers or run torchrun; other tests are slow when they (or a fixture they use) run
+# a subprocess: ``pytest -m "not slow"`` is the quick loop
+SLOW_MODULES = {"test_monailabel", "test_distributed", "test_pretrained", "test_benchmark", "test_reliability"}
+
+
+def _runs_processes(function) -> bool:
+    names = set(getattr(getattr(function, "__code__", None), "co_names", ()))
+    return bool(names & {"run_bundle", "subprocess", "_bundle", "report"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+        if (
+            item.module.__name__ in SLOW_MODULES
+            or _runs_processes(getattr(item, "function", None))
+            or any(_runs_processes(d[-1].func) for d in defs if d)
+        ):
+            item.add_marker(pytest.mark.slow)

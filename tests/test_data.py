@@ -125,4 +125,8 @@ def test_group_sampler_draws_rare_types_more_often():
     draws = Counter(items[i]["group"] for i in group_sampler(items, power=1.0, seed=0))
     assert 35 <= draws["rare"] <= 65  # balanced: about half, against 10 % when uniform
     assert list(group_sampler(items, 0.5, seed=1)) == list(group_sampler(items, 0.5, seed=1))
-    assert len(list(group_sampler(items, 0.0))) == 100
+    assert group_sampler(items, 0.0) is None  # uniform: the loader shuffles instead
+    from scripts.data import drop_last
+
+    assert drop_last(items, None, 4) and not drop_last(items[:3], None, 4)
+    assert drop_last(items[:3], group_sampler(items, 1.0), 4)  # the sampler's length counts

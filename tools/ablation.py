@@ -284,7 +284,7 @@ def row_overrides(row: Row, scale: Scale, seed: int) -> list[str]:
         args += [
             "--batch_size",
             str(scale.batch_size),
-            "--validate#inferer#inferer#roi_size",
+            "--validate#inferer#inferer#inferer#roi_size",
             json.dumps(list(scale.infer_roi)),
         ]
     else:
