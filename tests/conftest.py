@@ -13,7 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 SAMPLE = BUNDLE / "sample_data" / "dsb2018"
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+# the real datasets some tests read: ../shared/data on the development machines and in CI, or R2ATTUNET_DATA
+SHARED_DATA = Path(os.environ.get("R2ATTUNET_DATA", REPO / ".." / "shared" / "data")).resolve()
+GET_DATA = {  # how a user gets each dataset into SHARED_DATA (README, Tests)
+    "dsb2018": "python -m scripts.download dsb2018 --out $R2ATTUNET_DATA/dsb2018_stage1_train (from bundle/)",
+    "isbi2012": "python -m scripts.download isbi2012 --out $R2ATTUNET_DATA/isbi2012 (from bundle/)",
+    "vnc": "git clone https://github.com/unidesigner/groundtruth-drosophila-vnc $R2ATTUNET_DATA/drosophila_vnc_sstem",
+}
 DSB2018 = SHARED_DATA / "dsb2018_stage1_train" / "stage1_train"
 DSB2018_FIXES = SHARED_DATA / "dsb2018_stage1_train_fixes"
 
@@ -38,7 +44,7 @@ def run_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subpr
 @pytest.fixture(scope="session")
 def dsb2018_dir() -> Path:
     if not DSB2018.is_dir():
-        pytest.skip(f"DSB2018 not found at {DSB2018}")
+        pytest.skip(f"needs DSB2018 stage1_train at {DSB2018}: set R2ATTUNET_DATA, or {GET_DATA['dsb2018']}")
     return DSB2018
 
 

@@ -42,7 +42,7 @@ def test_prepare_real_images(dsb2018_dir, tmp_path):
 
 def test_prepare_applies_fixes(dsb2018_dir, tmp_path):
     if not DSB2018_FIXES.is_dir():
-        pytest.skip("fixes not found")
+        pytest.skip(f"needs the DSB2018 community fixes at {DSB2018_FIXES} (R2ATTUNET_DATA)")
     prepare_dsb2018(
         dsb2018_dir, tmp_path, fixes=DSB2018_FIXES, ids=[FIXED_ID, PLAIN_ID], val_fraction=0.5, progress=False
     )

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from conftest import BUNDLE, SHARED_DATA, run_bundle
+from conftest import BUNDLE, GET_DATA, SHARED_DATA, run_bundle
 from scripts.check import InputCheck, check_datalist
 from scripts.data import prepare_isbi2012, prepare_vnc
 from scripts.download import ISBI2012_FILES, download_isbi2012
@@ -45,7 +45,7 @@ IDENTITY = ["--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", 
 @pytest.fixture(scope="module")
 def isbi_pages():
     if not ISBI.is_dir():
-        pytest.skip(f"ISBI 2012 not found at {ISBI}")
+        pytest.skip(f"needs ISBI 2012 at {ISBI}: set R2ATTUNET_DATA, or {GET_DATA['isbi2012']}")
     images = [np.asarray(Image.open(ISBI / "train" / "image" / f"{k}.png")) for k in range(25)]
     labels = [np.asarray(Image.open(ISBI / "train" / "label" / f"{k}.png")) for k in range(25)]
     return np.stack(images), np.stack(labels)
@@ -54,7 +54,7 @@ def isbi_pages():
 @pytest.fixture(scope="module")
 def vnc_stack():
     if not VNC.is_dir():
-        pytest.skip(f"Drosophila VNC stack not found at {VNC}")
+        pytest.skip(f"needs the Drosophila VNC stack at {VNC}: set R2ATTUNET_DATA, or {GET_DATA['vnc']}")
     return VNC
 
 
