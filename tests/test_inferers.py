@@ -114,5 +114,7 @@ def test_memory_format_follows_the_cpu(caplog):
     with caplog.at_level("INFO", logger="scripts.inferers"):
         fmt = memory_format(2, "cpu")
     assert fmt == (torch.channels_last if cpu_supports_bf16() else torch.contiguous_format)
+    assert memory_format(2, "cpu", "fp32") == torch.contiguous_format  # fp32 on a CPU: contiguous
+    assert memory_format(2, "cpu", "bf16") == torch.channels_last
     assert memory_format(3, "cpu") in (torch.channels_last_3d, torch.contiguous_format)
     assert "memory format" in caplog.text and ("bf16" in caplog.text or "fp32" in caplog.text)

@@ -65,14 +65,14 @@ def autocast_dtype(device: str | torch.device, precision: str = "auto") -> torch
 
 
 def memory_format(spatial_dims: int, device: str | torch.device, precision: str = "auto") -> torch.memory_format:
-    """The fastest memory format measured for the network on ``device`` (``tools.benchmark train``): channels-last
-    (``channels_last`` / ``channels_last_3d``) on GPUs and on CPUs that compute bf16 natively, where oneDNN's
-    channels-last kernels are fastest; the plain contiguous layout on other CPUs (AVX2 only: fp32 channels-last ran
-    0.77x of contiguous fp32 there). Logs the precision and memory format chosen, once per choice."""
+    """The memory format that runs the network fastest with ``precision`` on ``device``: channels-last
+    (``channels_last`` / ``channels_last_3d``) on GPUs and for bf16 on CPUs (oneDNN's bf16 kernels), the plain
+    contiguous layout for fp32 on CPUs (on an AVX2 CPU fp32 channels-last ran 0.77x of contiguous fp32,
+    ``tools.benchmark train``). Logs the precision and memory format chosen, once per choice."""
     device = torch.device(device)
-    fast = device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
-    fmt = (torch.channels_last if spatial_dims == 2 else torch.channels_last_3d) if fast else torch.contiguous_format
     dtype = autocast_dtype(device, precision)
+    fast = device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
+    fmt = (torch.channels_last if spatial_dims == 2 else torch.channels_last_3d) if fast else torch.contiguous_format
     choice = (device.type, precision, str(dtype), str(fmt))
     if choice not in _LOGGED:
         _LOGGED.add(choice)
