@@ -77,8 +77,10 @@ def test_metadata_is_complete_for_the_model_zoo():
     assert image["spatial_shape"] == pred["spatial_shape"] == ["16*n", "16*n"]
     assert image["channel_def"] == {"0": "image"}
     # MONAI Label takes the label names from the output's channel_def, skipping "background"
-    assert pred["format"] == "segmentation" and pred["channel_def"] == {"0": "nucleus", "1": "centre map"}
-    assert pred["num_channels"] == 2  # the nucleus mask and the centre map that separates touching nuclei
+    # channel_def: the values of the mask inference and MONAI Label return (0 background, 1 nucleus); the network has
+    # a second output channel, the centre map that separates touching nuclei
+    assert pred["format"] == "segmentation" and pred["channel_def"] == {"0": "background", "1": "nucleus"}
+    assert pred["num_channels"] == 2
 
 
 # --- export -------------------------------------------------------------------------------------------------------
