@@ -17,7 +17,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import ImageWriter, PILWriter
 from monai.data.utils import create_file_basename
-from monai.transforms import MapTransform, SaveImage
+from monai.transforms import SaveImage, SaveImaged
 from PIL import Image
 
 from scripts.instances import object_table
@@ -163,7 +163,7 @@ class AtomicStackWriter(ImageWriter):
             logger.info(f"writing: {path}")
 
 
-class SaveObjectsd(MapTransform):
+class SaveObjectsd(SaveImaged):
     """Writes the objects of one input next to its mask, atomically, in ``output_dir``:
 
     - ``<stem>_instances.<ext>``: the instance ids under ``keys`` (``(1, *spatial)``, 0 background, ``1..N``) with
@@ -173,6 +173,9 @@ class SaveObjectsd(MapTransform):
       and volumes; max exclusive), ``equivalent_diameter`` (pixels), ``mean_intensity`` of ``image_key``; the header
       alone for an input without objects;
     - ``summary.csv``: ``image,objects``, one row per input of this and earlier runs into ``output_dir``, updated.
+
+    A :class:`~monai.transforms.SaveImaged`, so that apps which drop the savers of a bundle's postprocessing (MONAI
+    Label) drop it too.
     """
 
     def __init__(
@@ -183,7 +186,16 @@ class SaveObjectsd(MapTransform):
         writer: type = AtomicPILWriter,
         output_ext: str = ".png",
     ) -> None:
-        super().__init__(keys)
+        super().__init__(
+            keys,
+            output_dir=output_dir,
+            output_postfix="instances",
+            output_ext=output_ext,
+            resample=False,
+            separate_folder=False,
+            print_log=False,
+            writer=writer,
+        )
         self.output_dir = output_dir
         self.image_key = image_key
         self.writer = writer
