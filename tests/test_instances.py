@@ -99,6 +99,7 @@ def test_instances_from_probabilities_split_touching_objects():
     assert instances.max() == 2 and matching_ratios(instances, ids)["ratio"][0] == 1
     assert instances_from_probabilities(targets[0]).max() == 1  # no centre map: connected components
     assert instances_from_probabilities(targets[0], seeds="distance", h=1.0).max() == 2  # the mask's distance map
+    assert instances_from_probabilities(targets[0], targets[1], seeds="both", h=2.0).max() == 2
     with pytest.raises(ValueError, match="seeds"):
         instances_from_probabilities(targets[0], seeds="contour")
     speck = targets.copy()

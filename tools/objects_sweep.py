@@ -77,7 +77,15 @@ def score(results: list[dict], **params) -> dict:
 
 
 # settings compared: (seeds, h); each with every sigma and min_size below
-SEEDS = (("centre", 0.05), ("centre", 0.1), ("centre", 0.2), ("distance", 0.5), ("distance", 1.0), ("distance", 2.0))
+SEEDS = (
+    ("centre", 0.1),
+    ("centre", 0.2),
+    ("distance", 1.0),
+    ("distance", 2.0),
+    ("both", 1.0),
+    ("both", 2.0),
+    ("both", 3.0),
+)
 
 
 def main(

@@ -64,28 +64,32 @@ def instances_from_probabilities(
     h: float = 0.1,
     sigma: float = 1.0,
     min_size: int = 0,
+    centre_weight: float = 8.0,
 ) -> np.ndarray:
     """Instance labels (int32, ``0`` background, ``1..N``) from the object probability and the predicted centre map.
 
     The foreground is ``mask_prob >= threshold`` (the binary mask the bundle writes). A landscape that peaks once
     per object, smoothed by a Gaussian of ``sigma`` pixels, is ``centre_prob`` (``seeds="centre"``, the network's
-    centre map) or the foreground's Euclidean distance transform (``seeds="distance"``, the classic split of round
-    touching objects). Its regional maxima of height at least ``h`` (scikit-image's ``h_maxima``; 0.1 suits the centre
-    map, about 1 pixel the distance) seed a watershed of the negated landscape over the foreground; foreground regions
+    centre map), the foreground's Euclidean distance transform (``seeds="distance"``, the classic split of round
+    touching objects) or their sum, the distance plus ``centre_weight`` pixels times the centre map
+    (``seeds="both"``). Its regional maxima of height at least ``h`` (scikit-image's ``h_maxima``; 0.1 suits the
+    centre map, 1-2 pixels the distance) seed a watershed of the negated landscape over the foreground; foreground regions
     without a seed become objects of their own. Objects under ``min_size`` pixels are dropped (``0`` keeps every one,
-    so the union of the instances is exactly the mask). Without ``centre_prob``, ``seeds="centre"`` gives the
-    foreground's connected components.
+    so the union of the instances is exactly the mask). Without ``centre_prob``, ``seeds="centre"`` or ``"both"`` gives
+    the foreground's connected components.
     """
-    if seeds not in ("centre", "distance"):
-        raise ValueError(f"seeds must be 'centre' or 'distance', got {seeds!r}.")
+    if seeds not in ("centre", "distance", "both"):
+        raise ValueError(f"seeds must be 'centre', 'distance' or 'both', got {seeds!r}.")
     foreground = np.asarray(mask_prob) >= threshold
-    if not foreground.any() or (seeds == "centre" and centre_prob is None):
+    if not foreground.any() or (seeds != "distance" and centre_prob is None):
         instances = connected_components(foreground).astype(np.int32)
     else:
         if seeds == "centre":
             landscape = np.asarray(centre_prob, dtype=np.float32)
         else:
             landscape = ndimage.distance_transform_edt(foreground).astype(np.float32)
+            if seeds == "both":
+                landscape += float(centre_weight) * np.asarray(centre_prob, dtype=np.float32)
         if sigma > 0:
             landscape = ndimage.gaussian_filter(landscape, sigma)
         markers = connected_components(h_maxima(landscape, h).astype(bool) & foreground)

@@ -65,10 +65,12 @@ class Instancesd(MapTransform):
         h: float = 0.1,
         sigma: float = 1.0,
         min_size: int = 0,
+        centre_weight: float = 8.0,
     ) -> None:
         super().__init__(keys)
         self.instances_key = instances_key
         self.params = {"threshold": threshold, "seeds": seeds, "h": h, "sigma": sigma, "min_size": min_size}
+        self.params["centre_weight"] = centre_weight
         self.min_size = min_size
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
