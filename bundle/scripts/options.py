@@ -36,7 +36,7 @@ MEANINGS = {
     "save_overlay": "inference: also write <name>_overlay.png, the image with the result drawn over it",
     "save_probabilities": "inference: also write <name>_prob.png, the probabilities",
     "threshold": "probability above which a pixel is foreground",
-    "seeds": "objects: what seeds one object each, the network's centre map (centre) or the mask's distance transform",
+    "seeds": "objects: what seeds one object each: both (distance to the mask's edge + 8 x centre map), distance, centre",
     "seed_h": "objects: how much a peak of the seed landscape must rise to seed an object (higher splits less)",
     "seed_sigma": "objects: Gaussian smoothing (pixels) of the seed landscape",
     "min_object_size": "objects: drop objects (and their mask pixels) under this many pixels (0 keeps all)",
