@@ -119,6 +119,10 @@ def test_label_targets_and_instances_transforms():
     prob = torch.as_tensor(object_targets(ids[0].numpy()))
     out = Instancesd("pred")({"pred": prob})
     assert out["pred"].shape == (1, 40, 60) and out["instances"].max().item() == 2
+    speck = prob.clone()
+    speck[:, 0, 0], speck[0, 0, 2] = 1.0, 0.3  # a one-pixel object, and a background probability
+    small = Instancesd("pred", min_size=2)({"pred": speck})
+    assert small["pred"][0, 0, 0] == 0 and small["pred"][0, 0, 2] == 0.3  # only dropped objects leave the mask
     with pytest.raises(ValueError, match="2 channels"):
         Instancesd("pred")({"pred": prob[:1]})
     overlay = Overlayd("image", instances_key="instances")(

@@ -84,8 +84,10 @@ class Instancesd(MapTransform):
             p = prob.detach().float().cpu().numpy()
             instances = instances_from_probabilities(p[0], p[1], **self.params)
             d[self.instances_key] = _as_meta(instances[None], prob)
-            # the mask channel; objects under min_size pixels leave the mask too, so that it is their union
-            d[key] = prob[:1] * torch.as_tensor(instances > 0, device=prob.device)[None] if self.min_size else prob[:1]
+            # the mask channel; the pixels of objects under min_size pixels leave it (probability 0), so that the
+            # mask is the union of the instances and the other probabilities are unchanged
+            dropped = (p[0] >= self.params["threshold"]) & (instances == 0)
+            d[key] = prob[:1].masked_fill(torch.as_tensor(dropped, device=prob.device)[None], 0.0)
         return d
 
 
