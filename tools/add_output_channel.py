@@ -1,0 +1,41 @@
+"""Start weights for a network with more output channels: a trained ``R2AttUNet`` ``state_dict`` whose 1x1 output
+convolution (``head``) keeps its channels and gets new ones from a fresh network's initialisation (seeded). This is
+how the 0.7 objects model (nucleus mask + centre map) started from the 0.6 pixel model's weights.
+
+``python -m tools.add_output_channel --weights OLD.pt --out NEW.pt [--out_channels 2]``, then
+``monai.bundle run ... --finetune true --finetune_model_path NEW.pt``.
+"""
+
+from __future__ import annotations
+
+import fire
+import torch
+
+from scripts.networks import R2AttUNet
+from scripts.writers import atomic_path
+
+
+def add_output_channels(state: dict, out_channels: int = 2, seed: int = 0, **network: object) -> dict:
+    """``state`` with ``head.conv.weight``/``bias`` widened to ``out_channels`` (the existing channels first)."""
+    torch.manual_seed(seed)
+    channels = tuple(state["encoder.0.proj.conv.weight"].shape[:1])
+    n = sum(1 for k in state if k.startswith("encoder.") and k.endswith(".proj.conv.weight"))
+    channels = tuple(channels[0] * 2**i for i in range(n))
+    spatial_dims = state["head.conv.weight"].ndim - 2
+    fresh = R2AttUNet(spatial_dims, 1, out_channels, channels=channels, **network).state_dict()
+    for key in ("head.conv.weight", "head.conv.bias"):
+        old = state[key]
+        fresh[key][: old.shape[0]] = old
+    return {**state, "head.conv.weight": fresh["head.conv.weight"], "head.conv.bias": fresh["head.conv.bias"]}
+
+
+def main(weights: str, out: str, out_channels: int = 2, seed: int = 0) -> str:
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    with atomic_path(out) as tmp:
+        torch.save(add_output_channels(state, out_channels, seed), tmp)
+    print(f"{out}: {weights} with {out_channels} output channels")
+    return out
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
