@@ -86,7 +86,7 @@ def test_train_writes_best_model_ensemble_and_tensorboard(trained):
 
 def test_evaluate_best_and_ensemble(trained):
     eval_dir = trained / "eval"
-    run_bundle(
+    proc = run_bundle(
         "run",
         "--config_file",
         "['configs/train.json','configs/evaluate.json']",
@@ -126,6 +126,11 @@ def test_evaluate_best_and_ensemble(trained):
         with open(eval_dir / which / "val_mean_dice_raw.csv") as f:
             rows = list(csv.reader(f))
         assert len(rows) - 1 == len(list((SAMPLE / "images").glob("*.png"))) - 8  # one row per validation image
+    # the console names each evaluation by what it evaluates and says where its metrics went
+    log = proc.stdout + proc.stderr
+    assert f"best checkpoint ({trained / 'models' / 'model.pt'}):" in log and f"metrics in {eval_dir / 'best'}" in log
+    assert "checkpoint ensemble (" in log and f"metrics in {eval_dir / 'ensemble'}" in log
+    assert "SupervisedEvaluator - INFO - Got new best metric" not in log  # the engines' own lines are silenced
 
 
 def _write_inputs(folder):
@@ -142,7 +147,7 @@ def _write_inputs(folder):
 def test_inference_writes_masks_at_original_size(trained, tmp_path):
     gray = _write_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    run_bundle(
+    proc = run_bundle(
         "run",
         "--config_file",
         "configs/inference.json",
@@ -176,6 +181,8 @@ def test_inference_writes_masks_at_original_size(trained, tmp_path):
     with open(out / "summary.csv") as f:
         summary = {r["image"]: int(r["objects"]) for r in csv.DictReader(f)}
     assert set(summary) == {"gray.png", "rgba.png", "rgb.jpg", "small.tif"}
+    # one closing line: inputs, files written where, inputs refused
+    assert f"4 input(s) segmented: 21 file(s) written to {out}; 0 refused" in proc.stdout + proc.stderr
 
 
 def test_inference_keeps_orientation(tmp_path):
