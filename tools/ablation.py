@@ -209,18 +209,20 @@ class Scale:
     num_workers: int = 0
 
 
+PAPER = json.loads((BUNDLE / "configs" / "paper.json").read_text())  # the paper's configuration, as the preset has it
 SCALES = {
     # fits a shared 2-core CPU: both tables (28 settings) with 2 seeds took 47 minutes, 2 rows at a time
     "cpu": Scale(),
-    # the paper's: channels 64..1024, 256x256, 20 epochs, batch 4, lr 1e-4, all training images (30 held out)
+    # the paper's (configs/paper.json: channels 64..1024, 20 epochs, batch 4, lr 1e-4) at 256x256, all training
+    # images (30 held out)
     "paper": Scale(
-        channels=(64, 128, 256, 512, 1024),
+        channels=tuple(PAPER["network_def#channels"]),
         patch_size=(256, 256),
         infer_roi=(256, 256),
-        num_epochs=20,
-        em_epochs=20,
-        learning_rate=1e-4,
-        batch_size=4,
+        num_epochs=PAPER["num_epochs"],
+        em_epochs=PAPER["num_epochs"],
+        learning_rate=PAPER["learning_rate"],
+        batch_size=PAPER["batch_size"],
         train_images=None,
         select_images=30,
         num_workers=2,

@@ -642,8 +642,8 @@ def gpu(
     epochs: int = 20,
     steps: int = 20,
     warmup: int = 5,
-    channels: list[int] = (64, 128, 256, 512, 1024),
-    batch: int = 4,
+    channels: list[int] | None = None,
+    batch: int | None = None,
     size: int = 256,
     image_size: tuple[int, int] = (1040, 1388),
     device: str | None = None,
@@ -655,6 +655,9 @@ def gpu(
     ``device``: default the config's (the first GPU); any other device only to try the command out."""
     if device is None and not torch.cuda.is_available():
         raise RuntimeError("gpu: no CUDA device is visible to torch.")
+    paper = json.loads((BUNDLE / "configs" / "paper.json").read_text())  # the preset, not a copy of it
+    channels = list(channels) if channels is not None else paper["network_def#channels"]
+    batch = int(batch) if batch is not None else paper["batch_size"]
     if train_images is None:
         if dataset_dir is None:
             raise ValueError("gpu: give --train_images (training split size) or --dataset_dir (with datalist.json).")
