@@ -6,9 +6,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import BUNDLE
 from monai.bundle import ConfigWorkflow
 from PIL import Image
+
+from conftest import BUNDLE
 
 CONFIGS = BUNDLE / "configs"
 TRAIN_OVERRIDE = {
