@@ -149,6 +149,8 @@ def test_inference_skips_bad_files_and_exits_nonzero(tmp_path):
             "True",
             "--ensemble",
             "false",
+            "--objects",
+            "false",  # the identity network has one output channel
             "--save_overlay",
             "false",
             "--save_probabilities",

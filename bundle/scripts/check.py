@@ -336,9 +336,8 @@ class InputCheck:
         written = 0
         if self.output_dir is not None and os.path.isdir(self.output_dir):
             written = sum(1 for e in os.scandir(self.output_dir) if e.is_file() and e.stat().st_mtime >= self.started)
-        summary = (
-            f"{len(self.good)} input(s) segmented: {written} file(s) written to {self.output_dir}; {n_bad} refused"
-        )
+        where = f" to {self.output_dir}" if self.output_dir is not None else ""
+        summary = f"{len(self.good)} input(s) segmented: {written} file(s) written{where}; {n_bad} refused"
         if self.bad:
             raise SystemExit(_report(self.bad, f"{n_bad} input(s) not segmented") + "\n" + summary)
         logger.info(summary)

@@ -61,9 +61,12 @@ RUN_ARGUMENTS = {"workflow_type", "workflow_name", "properties_path", "config_ro
 
 
 def _run_arguments() -> set[str]:
+    """``monai.bundle run``'s own arguments and the ids its ``--tracking`` settings add (``experiment_name``...)."""
     from monai.bundle.scripts import run
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 
-    return {p for p in inspect.signature(run).parameters if p != "override"} | RUN_ARGUMENTS
+    tracking = set(DEFAULT_MLFLOW_SETTINGS["configs"])
+    return {p for p in inspect.signature(run).parameters if p != "override"} | RUN_ARGUMENTS | tracking
 
 
 def _flatten(content: object, prefix: str = "") -> dict[str, object]:
