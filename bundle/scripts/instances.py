@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.color import label2rgb
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops_table
 from skimage.morphology import h_maxima
@@ -22,6 +23,7 @@ __all__ = [
     "iou_matrix",
     "matching_ratios",
     "object_table",
+    "outline_objects",
     "OBJECT_COLUMNS",
 ]
 
@@ -165,3 +167,13 @@ def object_table(instances: np.ndarray, image: np.ndarray | None = None, spacing
     if spacing is not None:
         table["volume"] = np.asarray(table["area"], dtype=np.float64) * float(np.prod(spacing))
     return table
+
+
+def outline_objects(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
+    """``(*spatial, 3)`` RGB in [0, 1]: the gray ``image`` (rescaled to [0, 1]) with each object's outline (its own
+    outermost pixels) in its own colour, cycling through scikit-image's label colours."""
+    image = np.asarray(image, dtype=np.float64)
+    gray = (image - image.min()) / max(float(image.max() - image.min()), 1e-8)
+    ids = np.asarray(instances).astype(np.int64)
+    outlines = np.where(find_boundaries(ids, mode="inner"), ids, 0)
+    return np.where((outlines > 0)[..., None], label2rgb(outlines, bg_label=0), gray[..., None])

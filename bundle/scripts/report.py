@@ -39,7 +39,7 @@ from PIL import Image
 
 from scripts import quiet
 from scripts.data import load_datalist
-from scripts.instances import DSB_THRESHOLDS, as_instances, matching_ratios
+from scripts.instances import DSB_THRESHOLDS, as_instances, matching_ratios, outline_objects
 
 __all__ = [
     "score_predictions",
@@ -174,16 +174,6 @@ def plot_examples(
     _plot_grid(rows, out_file, panel=3, dpi=80, fontsize=9)
 
 
-def _outlined(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` in [0, 1]: the gray ``image`` with each object's outline in its own colour."""
-    from skimage.color import label2rgb
-    from skimage.segmentation import find_boundaries
-
-    gray = (image - image.min()) / max(float(image.max() - image.min()), 1e-8)
-    outlines = np.where(find_boundaries(instances, mode="inner"), instances, 0)
-    return np.where((outlines > 0)[..., None], label2rgb(outlines, bg_label=0), gray[..., None])
-
-
 def plot_instances(
     items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, per_group: int = 2
 ) -> None:
@@ -203,9 +193,9 @@ def plot_instances(
         dsb = [float(matching_ratios(p, true)["ratio"].mean()) for p in (seg, pred)]
         rows.append(
             [
-                (_outlined(image, true), None, f"{it.get('group', '')} {stem[:8]}: {int(true.max())} nuclei"),
-                (_outlined(image, seg), None, f"connected components: {int(seg.max())}, DSB {dsb[0]:.2f}"),
-                (_outlined(image, pred), None, f"instances: {int(pred.max())}, DSB {dsb[1]:.2f}"),
+                (outline_objects(image, true), None, f"{it.get('group', '')} {stem[:8]}: {int(true.max())} nuclei"),
+                (outline_objects(image, seg), None, f"connected components: {int(seg.max())}, DSB {dsb[0]:.2f}"),
+                (outline_objects(image, pred), None, f"instances: {int(pred.max())}, DSB {dsb[1]:.2f}"),
             ]
         )
     _plot_grid(rows, out_file, panel=4, dpi=80, fontsize=9)

@@ -10,11 +10,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.visualize import blend_images
-from skimage.color import label2rgb
-from skimage.segmentation import find_boundaries
 
 from scripts import as_bool
-from scripts.instances import instances_from_probabilities, object_targets
+from scripts.instances import instances_from_probabilities, object_targets, outline_objects
 
 __all__ = ["Overlayd", "LabelTargetsd", "Instancesd"]
 
@@ -121,21 +119,11 @@ class Overlayd(MapTransform):
         for key in self.key_iterator(d):
             image = d[key][:1]
             if self.instances_key is not None and self.instances_key in d:
-                blended = _outlines(image[0], d[self.instances_key][0])
+                rgb = outline_objects(image[0].detach().cpu().numpy(), d[self.instances_key][0].detach().cpu().numpy())
+                blended = torch.as_tensor(np.moveaxis(rgb, -1, 0), dtype=torch.float32)
             else:
                 blended = blend_images(image, d[self.label_key][:1], alpha=self.alpha, cmap=self.cmap)
             if isinstance(image, MetaTensor):  # keep the file name and geometry for SaveImaged
                 blended = MetaTensor(torch.as_tensor(blended), meta=dict(image.meta))
             d[self.output_key] = blended
         return d
-
-
-def _outlines(image: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
-    """``(3, *spatial)`` RGB in [0, 1]: the gray ``image`` (rescaled) with each object's outline in its own colour."""
-    gray = image.detach().float().cpu().numpy()
-    gray = (gray - gray.min()) / max(float(gray.max() - gray.min()), 1e-8)
-    ids = instances.detach().cpu().numpy().astype(np.int64)
-    outlines = np.where(find_boundaries(ids, mode="inner"), ids, 0)
-    colours = label2rgb(outlines, bg_label=0)  # one colour per id, cycling through scikit-image's colour list
-    rgb = np.where((outlines > 0)[..., None], colours, gray[..., None])
-    return torch.as_tensor(np.moveaxis(rgb, -1, 0), dtype=torch.float32)
