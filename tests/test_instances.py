@@ -7,18 +7,23 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from PIL import Image
+from scipy import ndimage
+from skimage.metrics import adapted_rand_error
 
-from scripts.evaluation import ObjectMatching
+from scripts.evaluation import ObjectMatching, pooled_rand_info, rand_info_scores, region_pairs
 from scripts.instances import (
     DSB_THRESHOLDS,
     as_instances,
+    components,
     instances_from_probabilities,
+    join_boundaries,
     matching_ratios,
     object_table,
     object_targets,
+    segments_from_boundaries,
 )
 from scripts.transforms import Instancesd, LabelTargetsd, Overlayd
-from scripts.writers import SaveObjectsd
+from scripts.writers import AtomicStackWriter, SaveObjectsd
 
 
 def _two_objects():
@@ -123,7 +128,7 @@ def test_label_targets_and_instances_transforms():
     speck[:, 0, 0], speck[0, 0, 2] = 1.0, 0.3  # a one-pixel object, and a background probability
     small = Instancesd("pred", min_size=2)({"pred": speck})
     assert small["pred"][0, 0, 0] == 0 and small["pred"][0, 0, 2] == 0.3  # only dropped objects leave the mask
-    with pytest.raises(ValueError, match="2 channels"):
+    with pytest.raises(ValueError, match="needs 2 channel"):
         Instancesd("pred")({"pred": prob[:1]})
     overlay = Overlayd("image", instances_key="instances")(
         {"image": ids, "instances": out["instances"], "pred": out["pred"]}
@@ -175,3 +180,119 @@ def test_save_objects_writes_labels_tables_and_summary(tmp_path):
     with open(tmp_path / "summary.csv") as f:
         summary = {r["image"]: int(r["objects"]) for r in csv.DictReader(f)}
     assert summary == {"a.png": 2, "b.png": 300, "c.png": 0}
+
+
+def _two_cells() -> np.ndarray:
+    """A 3x7 membrane label: column 3 is membrane, two cells of 3x3 pixels either side."""
+    membrane = np.zeros((3, 7), bool)
+    membrane[:, 3] = True
+    return membrane
+
+
+def test_rand_info_scores_hand_computed():
+    membrane = _two_cells()
+    # one segment over both cells (a merge): p = [1/2, 1/2], s = [1], t = [1/2, 1/2]
+    v_rand, v_info = rand_info_scores(np.ones((3, 7), int), membrane, segments=True)
+    assert v_rand == pytest.approx(0.5 / 0.75) and v_info == pytest.approx(0.0)
+    # the left cell split 3 + 6 pixels, the right one exact, the membrane column left as boundary (0)
+    segments = np.zeros((3, 7), int)
+    segments[:, 0], segments[:, 1:3], segments[:, 4:] = 1, 2, 3
+    v_rand, v_info = rand_info_scores(segments, membrane, segments=True)
+    s = np.array([3, 6, 9]) / 18
+    h_s, h_t = -(s * np.log(s)).sum(), np.log(2)
+    assert v_rand == pytest.approx((s**2).sum() / (0.5 * (s**2).sum() + 0.5 * 0.5))
+    assert v_info == pytest.approx(h_t / (0.5 * h_s + 0.5 * h_t))
+    # the same as a boundary map: the split drawn as a boundary column is joined to its nearest region
+    boundary = membrane.copy()
+    boundary[:, 1] = True
+    assert rand_info_scores(boundary, membrane)[0] < 1
+    assert rand_info_scores(membrane, membrane) == (1.0, 1.0)
+    # pooled over images: each image's regions stay distinct
+    pairs = [region_pairs(segments, membrane, segments=True), region_pairs(membrane, membrane)]
+    pooled = pooled_rand_info(pairs)
+    assert rand_info_scores(segments, membrane, True)[0] < pooled[0] < 1
+
+
+def test_rand_score_equals_scikit_image_adapted_rand_on_random_segments():
+    rng = np.random.default_rng(0)
+    membrane = np.zeros((64, 64), bool)
+    membrane[::9, :] = membrane[:, ::11] = True
+    segments = np.kron(rng.integers(1, 4, (8, 8)), np.ones((8, 8), int))  # random blocks of 3 ids
+    segments[::5, :] = 0  # and boundary rows, joined to their nearest segment
+    truth = ndimage.label(~membrane)[0]
+    v_rand = rand_info_scores(segments, membrane, segments=True)[0]
+    # scikit-image leaves out self-pairs (n from each sum of squares): equal up to that
+    assert v_rand == pytest.approx(
+        1 - adapted_rand_error(truth, join_boundaries(segments), ignore_labels=(0,))[0], abs=2e-3
+    )
+    assert 0.05 < v_rand < 0.9
+
+
+def _membrane_grid(noise: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """A 4x4 grid of cells between 2-pixel membranes, and a noisy membrane probability of it."""
+    membrane = np.zeros((96, 96), bool)
+    for k in range(0, 96, 24):
+        membrane[k : k + 2, :] = membrane[:, k : k + 2] = True
+    rng = np.random.default_rng(1)
+    prob = np.clip(membrane * 0.9 + rng.normal(0, noise, membrane.shape), 0, 1).astype(np.float32)
+    return membrane, prob
+
+
+def test_segments_from_boundaries_finds_every_cell_and_keeps_thin_lines():
+    membrane, prob = _membrane_grid()
+    segments = segments_from_boundaries(prob, sigma=1.0, h=0.05, merge_threshold=0.7)
+    assert rand_info_scores(segments, membrane, segments=True) == pytest.approx((1.0, 1.0), abs=1e-9)
+    assert len(np.unique(segments[segments > 0])) == 16  # the grid wraps: 4x4 cells
+    assert 0 < (segments == 0).mean() < membrane.mean()  # one-pixel lines, thinner than the membranes
+    # without merging, the noise over-segments; a stack is segmented section by section with distinct ids
+    over = segments_from_boundaries(prob, sigma=0.0, h=0.01, merge_threshold=0.0)
+    assert over.max() > 16
+    stack = segments_from_boundaries(np.stack([prob, prob], -1))
+    assert stack.shape == (96, 96, 2) and stack.max() == 32 and not np.isin(stack[..., 0], stack[..., 1]).all()
+
+
+def test_components_in_3d_with_a_minimum_size():
+    mask = np.zeros((20, 20, 5), bool)
+    mask[2:8, 2:8, 1:4] = True  # 108 voxels through 3 sections: one object
+    mask[12:14, 12:14, 2] = True  # 4 voxels
+    assert components(mask).max() == 2
+    kept = components(mask, min_size=10)
+    assert kept.max() == 1 and kept[2:8, 2:8, 1:4].all() and not kept[12:14, 12:14, 2].any()
+
+
+def test_instances_transform_methods():
+    membrane, prob = _membrane_grid()
+    d = Instancesd("pred", method="neurons", h=0.05, sigma=1.0)({"pred": torch.as_tensor(prob)[None]})
+    assert d["instances"].shape == (1, 96, 96) and int(d["instances"].max()) == 16
+    assert torch.equal(d["pred"], torch.as_tensor(prob)[None])  # the membrane probability is kept
+    mask = np.zeros((1, 20, 20, 5), np.float32)
+    mask[0, 2:8, 2:8, 1:4], mask[0, 12:14, 12:14, 2] = 0.9, 0.8
+    d = Instancesd("pred", method="components", min_size=10)({"pred": torch.as_tensor(mask)})
+    assert int(d["instances"].max()) == 1 and float(d["pred"][0, 12, 12, 2]) == 0.0  # the small object left the mask
+    with pytest.raises(ValueError, match="1 channel"):
+        Instancesd("pred", method="components")({"pred": torch.zeros(2, 8, 8)})
+    with pytest.raises(ValueError, match="method"):
+        Instancesd("pred", method="cells")
+    # EM presets train on the mask alone, whatever ``objects`` says
+    label = torch.as_tensor(mask > 0.5).float()
+    assert LabelTargetsd("label", objects=True, method="components")({"label": label})["label"].shape == label.shape
+
+
+def test_save_objects_of_a_nifti_volume_reports_volumes(tmp_path):
+    import nibabel as nib
+    from monai.transforms import LoadImaged
+
+    ids = np.zeros((20, 20, 5), np.uint8)
+    ids[2:8, 2:8, 1:4] = 1
+    img = nib.Nifti1Image(ids, np.diag([0.004, 0.004, 0.05, 1.0]))
+    img.header.set_xyzt_units("micron")
+    nib.save(img, tmp_path / "v.nii.gz")
+    d = LoadImaged("instances", image_only=True)({"instances": str(tmp_path / "v.nii.gz")})
+    d["instances"] = d["instances"][None]
+    SaveObjectsd("instances", output_dir=str(tmp_path / "out"), image_key=None, writer=AtomicStackWriter)(d)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "v_objects.csv")))
+    assert len(rows) == 1 and int(rows[0]["area"]) == 108
+    assert float(rows[0]["volume_um3"]) == pytest.approx(108 * 0.004 * 0.004 * 0.05, rel=1e-3)
+    assert (rows[0]["bbox_z_min"], rows[0]["bbox_z_max"]) == ("1", "4")  # the file's axes: z, y, x
+    written = nib.load(tmp_path / "out" / "v_instances.nii.gz")
+    assert np.array_equal(np.asarray(written.dataobj), ids) and np.allclose(written.affine, img.affine)

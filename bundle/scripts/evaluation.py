@@ -17,7 +17,7 @@ from monai.metrics import CumulativeIterationMetric
 from scipy import ndimage
 
 from scripts import as_bool
-from scripts.instances import DSB_THRESHOLDS, matching_ratios
+from scripts.instances import DSB_THRESHOLDS, join_boundaries, matching_ratios
 from scripts.networks import mismatch_message
 
 __all__ = [
@@ -69,29 +69,44 @@ def _segments(boundary: np.ndarray) -> np.ndarray:
     return ndimage.label(~boundary)[0]
 
 
-def rand_info_scores(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]:
-    """The ISBI 2012 challenge's foreground-restricted Rand and information scores of a boundary map.
+def rand_info_scores(pred: np.ndarray, label: np.ndarray, segments: bool = False) -> tuple[float, float]:
+    """The ISBI 2012 challenge's foreground-restricted Rand and information scores (alpha 0.5).
 
-    ``pred`` and ``label`` are binary boundary (membrane) maps of one image or volume. Each is turned into regions
-    (connected components of its non-boundary pixels, face connectivity); the scores are computed on the pixels that
-    are inside a region of ``label`` (foreground-restricted), with ``p_ij`` the joint distribution of predicted
-    region ``i`` and true region ``j`` (predicted boundary pixels form a region of their own), as in
-    Arganda-Carreras et al., Front. Neuroanat. 2015:
+    ``label`` is a binary boundary (membrane) map of one image or volume; its neurons are the connected components
+    of its non-boundary pixels (face connectivity), and only their pixels count (foreground-restricted). ``pred`` is
+    a boundary map like it (``segments=False``: its regions are found the same way) or segment ids
+    (``segments=True``, e.g. :func:`scripts.instances.segments_from_boundaries`); either way its boundary pixels
+    (``0``) are joined to their nearest region (:func:`scripts.instances.join_boundaries`), as the challenge's
+    evaluation thins the proposed boundaries. With ``p_ij`` the joint distribution of predicted region ``i`` and
+    true region ``j`` over the counted pixels and ``s``, ``t`` its marginals (Arganda-Carreras et al., Front.
+    Neuroanat. 2015):
 
-    - ``V_rand = sum p_ij^2 / (0.5 sum_i s_i^2 + 0.5 sum_j t_j^2)``,
+    - ``V_rand = sum p_ij^2 / (0.5 sum_i s_i^2 + 0.5 sum_j t_j^2)`` (``1 -`` scikit-image's ``adapted_rand_error``),
     - ``V_info = I(S; T) / (0.5 H(S) + 0.5 H(T))``,
 
-    both 1 for a perfect segmentation. Returns ``(V_rand, V_info)``.
+    both 1 for a perfect segmentation. Returns ``(V_rand, V_info)``, NaN without any true region.
     """
-    seg_pred, seg_true = _segments(np.asarray(pred) > 0), _segments(np.asarray(label) > 0)
+    return rand_info_from_pairs(region_pairs(pred, label, segments))
+
+
+def region_pairs(pred: np.ndarray, label: np.ndarray, segments: bool = False) -> np.ndarray:
+    """``(2, n)`` int64: the predicted and true region of each counted pixel (see :func:`rand_info_scores`)."""
+    seg_true = _segments(np.asarray(label) > 0)
+    seg_pred = np.asarray(pred).astype(np.int64) if segments else _segments(np.asarray(pred) > 0)
+    seg_pred = join_boundaries(seg_pred)
     mask = seg_true > 0
-    if not mask.any():
+    return np.stack([seg_pred[mask], seg_true[mask]]).astype(np.int64)
+
+
+def rand_info_from_pairs(pairs: np.ndarray) -> tuple[float, float]:
+    """``(V_rand, V_info)`` of ``(2, n)`` region pairs; pool images by concatenating their pairs with ids made
+    distinct per image (``pairs + [[offset_pred], [offset_true]]``)."""
+    if pairs.shape[1] == 0:
         return float("nan"), float("nan")
-    pairs = np.stack([seg_pred[mask], seg_true[mask]])
     _, joint = np.unique(pairs, axis=1, return_counts=True)
     _, s = np.unique(pairs[0], return_counts=True)
     _, t = np.unique(pairs[1], return_counts=True)
-    n = float(mask.sum())
+    n = float(pairs.shape[1])
     p, s, t = joint / n, s / n, t / n
     v_rand = (p**2).sum() / (0.5 * (s**2).sum() + 0.5 * (t**2).sum())
     h_s, h_t, h_st = -(s * np.log(s)).sum(), -(t * np.log(t)).sum(), -(p * np.log(p)).sum()
@@ -100,24 +115,38 @@ def rand_info_scores(pred: np.ndarray, label: np.ndarray) -> tuple[float, float]
     return float(v_rand), float(v_info)
 
 
-class ForegroundRandInfo(CumulativeIterationMetric):
-    """Per-image foreground-restricted Rand (``score="rand"``) or information (``score="info"``) score of binary
-    boundary segmentations (see :func:`rand_info_scores`), averaged over images. Inputs ``(B, 1, *spatial)``,
-    boundary = 1. Wrap in ``IgniteMetricHandler`` to use it in an evaluator."""
+def pooled_rand_info(pairs: Sequence[np.ndarray]) -> tuple[float, float]:
+    """``(V_rand, V_info)`` over several images' :func:`region_pairs`, each image's regions kept distinct."""
+    offset = np.zeros((2, 1), np.int64)
+    shifted = []
+    for pr in pairs:
+        shifted.append(pr + offset)
+        if pr.size:
+            offset = offset + pr.max(axis=1, keepdims=True) + 1
+    return rand_info_from_pairs(np.concatenate(shifted, axis=1) if shifted else np.zeros((2, 0), np.int64))
 
-    def __init__(self, score: str = "rand") -> None:
+
+class ForegroundRandInfo(CumulativeIterationMetric):
+    """Per-image foreground-restricted Rand (``score="rand"``) or information (``score="info"``) score (see
+    :func:`rand_info_scores`), averaged over images. ``y`` ``(B, 1, *spatial)``: the boundary label (boundary = 1);
+    ``y_pred`` likewise a binary boundary map, or segment ids with ``segments=True`` (``Instancesd`` with
+    ``"neurons"``). Wrap in ``IgniteMetricHandler`` to use it in an evaluator."""
+
+    def __init__(self, score: str = "rand", segments: bool = False) -> None:
         super().__init__()
         if score not in ("rand", "info"):
             raise ValueError(f"score must be 'rand' or 'info', got {score!r}.")
         self.index = 0 if score == "rand" else 1
+        self.segments = segments
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         if y is None:
             raise ValueError("ForegroundRandInfo needs the label.")
-        scores = [
-            rand_info_scores(p[0].detach().cpu().numpy() > 0.5, t[0].detach().cpu().numpy() > 0.5)[self.index]
-            for p, t in zip(y_pred, y, strict=True)
-        ]
+        scores = []
+        for p, t in zip(y_pred, y, strict=True):
+            pred = p[0].detach().cpu().numpy()
+            pred = pred if self.segments else pred > 0.5
+            scores.append(rand_info_scores(pred, t[0].detach().cpu().numpy() > 0.5, self.segments)[self.index])
         return torch.tensor(scores, dtype=torch.float32).reshape(-1, 1)
 
     def aggregate(self) -> torch.Tensor:

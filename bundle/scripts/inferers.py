@@ -169,15 +169,39 @@ class WholeImageInferer(Inferer):
         return out[(..., *(slice(0, n) for n in spatial))]
 
 
-class FlipInferer(Inferer):
-    """Test-time augmentation by symmetry: the mean of ``inferer``'s outputs over every combination of flips along
-    ``spatial_axes``, and with ``transpose`` also with the first two of those axes swapped, each output mapped back.
+class _FlipNetwork:
+    """Callable: the mean of ``network``'s outputs over the symmetries of :class:`FlipInferer`, each mapped back."""
 
-    The default, in-plane axes ``(0, 1)`` with ``transpose=True``, runs the 8 symmetries of the square (for a volume
-    ``(X, Y, Z)``: of each section), which suits networks trained with flips and rotations, e.g. the EM presets.
-    The outputs (logits) are averaged, so postprocessing is unchanged; it costs ``2 ** len(spatial_axes)`` passes,
-    twice that with ``transpose``. ``__call__(inputs, network)``: ``inputs`` ``(B, C, *spatial)``, output as
-    ``inferer``'s.
+    def __init__(self, network: Callable, symmetries: list[tuple[bool, tuple[int, ...]]], swap: list[int]) -> None:
+        self.network = network
+        self.symmetries = symmetries
+        self.swap = swap
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        total = None
+        for transposed, flipped in self.symmetries:
+            xi = x.transpose(*self.swap) if transposed else x
+            xi = xi.flip(flipped) if flipped else xi
+            y = self.network(xi, *args, **kwargs)
+            y = y.flip(flipped) if flipped else y
+            y = y.transpose(*self.swap) if transposed else y
+            total = y if total is None else total + y
+        return total / len(self.symmetries)
+
+
+class FlipInferer(Inferer):
+    """Test-time augmentation by symmetry: ``inferer`` run with a network whose output is the mean over every
+    combination of flips along ``spatial_axes`` of its input, and with ``transpose`` also with the first two of
+    those axes swapped, each output mapped back.
+
+    The flips apply to each network input, i.e. to each window of a sliding-window ``inferer``, so the windows
+    and their blending are those of one pass and the result does not depend on where a block of a large volume
+    starts (:mod:`scripts.blocks`). The default, in-plane axes ``(0, 1)`` with ``transpose=True``, runs the 8
+    symmetries of the square (for a volume ``(X, Y, Z)``: of each section), which suits networks trained with flips
+    and rotations, e.g. the EM presets; windows are square in plane and whole images are padded to a multiple of the
+    network's stride, so every symmetry fits the network. The outputs (logits) are averaged, so postprocessing is
+    unchanged; it costs ``2 ** len(spatial_axes)`` passes, twice that with ``transpose``.
+    ``__call__(inputs, network)``: ``inputs`` ``(B, C, *spatial)``, output as ``inferer``'s.
     """
 
     def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = (0, 1), transpose: bool = True) -> None:
@@ -196,13 +220,4 @@ class FlipInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         swap = [a + 2 for a in self.spatial_axes[:2]] if self.transpose else []
-        symmetries = self.symmetries()
-        total = None
-        for transposed, flipped in symmetries:
-            x = inputs.transpose(*swap) if transposed else inputs
-            x = x.flip(flipped) if flipped else x
-            y = self.inferer(x, network, *args, **kwargs)
-            y = y.flip(flipped) if flipped else y
-            y = y.transpose(*swap) if transposed else y
-            total = y if total is None else total + y
-        return total / len(symmetries)
+        return self.inferer(inputs, _FlipNetwork(network, self.symmetries(), swap), *args, **kwargs)

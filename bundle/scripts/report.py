@@ -39,7 +39,8 @@ from PIL import Image
 
 from scripts import quiet
 from scripts.data import load_datalist
-from scripts.instances import DSB_THRESHOLDS, as_instances, matching_ratios, outline_objects
+from scripts.evaluation import pooled_rand_info, region_pairs
+from scripts.instances import DSB_THRESHOLDS, as_instances, iou_matrix, matching_ratios, outline_objects
 
 __all__ = [
     "score_predictions",
@@ -80,8 +81,11 @@ def _prediction_and_label(item: dict, pred_dir: Path) -> tuple[torch.Tensor, tor
     return pred, label
 
 
-def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
-    """Scores of ``<pred_dir>/<stem>_seg.png`` against each item's label, for all items and per ``group``."""
+def score_predictions(items: list[dict], pred_dir: str | os.PathLike, objects: str = "nuclei") -> dict:
+    """Scores of ``<pred_dir>/<stem>_seg.png`` against each item's label, for all items and per ``group``; object
+    scores of ``<stem>_instances.png`` by ``objects`` (:data:`OBJECT_SCORES`)."""
+    if objects not in OBJECT_SCORES:
+        raise ValueError(f"objects must be one of {tuple(OBJECT_SCORES)}, got {objects!r}.")
     pred_dir = Path(pred_dir)
     groups: dict[str, list[dict]] = defaultdict(list)
     for it in items:
@@ -99,7 +103,7 @@ def score_predictions(items: list[dict], pred_dir: str | os.PathLike) -> dict:
         values = [float(v) for v in pooled.aggregate()]
         results[name] = {"images": len(members), "mean Dice": float(per_image.aggregate())}
         results[name].update({_NAMES[m]: v for m, v in zip(_POOLED, values, strict=True)})
-        results[name].update(_object_scores(members, pred_dir))
+        results[name].update(OBJECT_SCORES[objects](members, pred_dir))
     return results
 
 
@@ -123,6 +127,66 @@ def _object_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
         scores[f"{prefix}TP/(TP+FP+FN) at IoU 0.5"] = float(ratios[:, DSB_THRESHOLDS.index(0.5)].mean())
         scores[f"{prefix}TP/(TP+FP+FN) at IoU 0.75"] = float(ratios[:, DSB_THRESHOLDS.index(0.75)].mean())
     return scores
+
+
+def _pairs(items: list[dict], pred_dir: Path, suffix: str) -> list[np.ndarray]:
+    """:func:`scripts.evaluation.region_pairs` of each item's ``<stem><suffix>`` against its membrane label."""
+    pairs = []
+    for it in items:
+        label = np.asarray(Image.open(it["label"]).convert("L")) > 0
+        pred = np.asarray(Image.open(pred_dir / f"{Path(it['image']).stem}{suffix}"))
+        pairs.append(region_pairs(pred, label, segments=suffix == "_instances.png"))
+    return pairs
+
+
+def _neuron_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
+    """The ISBI 2012 challenge's V_rand and V_info of ``<stem>_instances.png`` (neuron segments) against the
+    membrane labels, pooled over the images and their mean, and of the connected components of ``<stem>_seg.png``
+    beside them; empty without instance files."""
+    if not all((pred_dir / f"{Path(it['image']).stem}_instances.png").is_file() for it in items):
+        return {}
+    scores = {}
+    for prefix, suffix in (("", "_instances.png"), ("connected components: ", "_seg.png")):
+        pairs = _pairs(items, pred_dir, suffix)
+        pooled = pooled_rand_info(pairs)
+        per_image = np.asarray([pooled_rand_info([pr]) for pr in pairs])
+        scores[f"{prefix}V_rand"], scores[f"{prefix}V_info"] = pooled
+        scores[f"{prefix}mean V_rand"], scores[f"{prefix}mean V_info"] = per_image.mean(axis=0)
+    return {k: float(v) for k, v in scores.items()}
+
+
+def object_counts(pred: np.ndarray, true: np.ndarray, iou: float = 0.5) -> np.ndarray:
+    """``[TP, FP, FN]`` of objects matched one to one at IoU above ``iou`` (>= 0.5) between two instance label
+    images (a binary mask counts as its connected components)."""
+    m = iou_matrix(pred, true)  # (n_true, n_pred)
+    tp = int((m > iou).sum())
+    return np.asarray([tp, m.shape[1] - tp, m.shape[0] - tp])
+
+
+def _f1_scores(counts: np.ndarray, prefix: str = "") -> dict[str, float]:
+    tp, fp, fn = (int(c) for c in counts)
+    return {
+        f"{prefix}object precision": tp / max(tp + fp, 1),
+        f"{prefix}object recall": tp / max(tp + fn, 1),
+        f"{prefix}object F1": 2 * tp / max(2 * tp + fp + fn, 1),
+    }
+
+
+def _mitochondria_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
+    """Object precision, recall and F1 at IoU 0.5, counts pooled over the images, of ``<stem>_instances.png``
+    against the label's connected components, and of the connected components of ``<stem>_seg.png`` beside them."""
+    ours, cc = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    for it in items:
+        stem = Path(it["image"]).stem
+        if not (pred_dir / f"{stem}_instances.png").is_file():
+            return {}
+        label = np.asarray(Image.open(it["label"]).convert("L")) > 0
+        ours += object_counts(np.asarray(Image.open(pred_dir / f"{stem}_instances.png")), label)
+        cc += object_counts(np.asarray(Image.open(pred_dir / f"{stem}_seg.png").convert("L")) > 0, label)
+    return {**_f1_scores(ours), **_f1_scores(cc, "connected components: ")}
+
+
+OBJECT_SCORES = {"nuclei": _object_scores, "neurons": _neuron_scores, "mitochondria": _mitochondria_scores}
 
 
 def _errors(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -311,13 +375,21 @@ def logs(logs: dict, out: str) -> dict:
     return curves
 
 
-def main(datalist: str, pred_dir: str, out: str, key: str = "validation", tb_dir: str | None = None) -> None:
+def main(
+    datalist: str,
+    pred_dir: str,
+    out: str,
+    key: str = "validation",
+    tb_dir: str | None = None,
+    objects: str = "nuclei",
+) -> None:
     """Write ``report.json``, ``examples.png``, ``instances.png`` (when the predictions hold instances) and
-    ``training_curves.png`` (with ``tb_dir``) to ``out``; print a table."""
+    ``training_curves.png`` (with ``tb_dir``) to ``out``; print a table. ``objects``: which object scores
+    (``nuclei``: DSB2018 score; ``neurons``: the ISBI 2012 V_rand and V_info; ``mitochondria``: object F1)."""
     items = load_datalist(datalist, key)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"split": key, "scores": score_predictions(items, pred_dir)}
+    report = {"split": key, "objects": objects, "scores": score_predictions(items, pred_dir, objects)}
     plot_examples(items, pred_dir, out_dir / "examples.png")
     if all((Path(pred_dir) / f"{Path(it['image']).stem}_instances.png").is_file() for it in items):
         plot_instances(items, pred_dir, out_dir / "instances.png")
@@ -349,7 +421,9 @@ def score_volume(pred: np.ndarray, label: np.ndarray) -> dict:
 
 def volumes(label: str, preds: dict, out: str, image: str | None = None, sections: int = 2) -> dict:
     """Scores of each segmented volume in ``preds`` (name: NIfTI path) against ``label``, printed as a table and
-    written to ``<out>.json``; with ``image``, a figure ``out`` (PNG) of ``sections`` evenly spaced sections: image,
+    written to ``<out>.json``: pooled pixel scores, and object precision, recall and F1 at IoU 0.5 (3D objects
+    against the label's connected components) of ``<stem>_instances.nii.gz`` beside the ``_seg`` file and of the
+    mask's connected components; with ``image``, a figure ``out`` (PNG) of ``sections`` evenly spaced sections: image,
     ground truth, then each prediction's errors (green: true positive, red: false positive, blue: false negative)."""
     import nibabel as nib
 
@@ -357,6 +431,11 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
     truth = np.asarray(nib.load(label).dataobj) > 0
     volumes_ = {name: np.asarray(nib.load(path).dataobj) > 0 for name, path in preds.items()}
     report = {name: score_volume(v, truth) for name, v in volumes_.items()}
+    for name, path in preds.items():  # 3D objects: <stem>_instances beside <stem>_seg, and connected components
+        instances = Path(str(path).replace("_seg.", "_instances."))
+        if instances.is_file() and instances != Path(path):
+            report[name].update(_f1_scores(object_counts(np.asarray(nib.load(instances).dataobj), truth)))
+        report[name].update(_f1_scores(object_counts(volumes_[name], truth), "connected components: "))
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.with_suffix(".json").write_text(json.dumps({"label": str(label), "scores": report}, indent=4))

@@ -12,7 +12,13 @@ from monai.transforms import MapTransform
 from monai.visualize import blend_images
 
 from scripts import as_bool
-from scripts.instances import instances_from_probabilities, object_targets, outline_objects
+from scripts.instances import (
+    components,
+    instances_from_probabilities,
+    object_targets,
+    outline_objects,
+    segments_from_boundaries,
+)
 
 __all__ = ["Overlayd", "LabelTargetsd", "Instancesd"]
 
@@ -26,14 +32,22 @@ def _as_meta(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 class LabelTargetsd(MapTransform):
     """The training target of a label ``(1, *spatial)`` (instance ids, or a mask with foreground > 0.5).
 
-    ``objects=False``: the binary mask ``(1, *spatial)``. ``objects=True``: ``(2, *spatial)``, the object mask and
-    the centre map of :func:`scripts.instances.object_targets` (a mask is taken as its connected components).
+    ``objects=False``, or an instance ``method`` other than ``"nuclei"`` (see :class:`Instancesd`: EM neurons and
+    mitochondria train on the mask alone): the binary mask ``(1, *spatial)``. ``objects=True`` with ``"nuclei"``:
+    ``(2, *spatial)``, the object mask and the centre map of :func:`scripts.instances.object_targets` (a mask is
+    taken as its connected components).
     ``instances_key``: also keep the instance ids ``(1, *spatial)`` under that key (for object scores).
     """
 
-    def __init__(self, keys: KeysCollection, objects: bool | str = True, instances_key: str | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        objects: bool | str = True,
+        instances_key: str | None = None,
+        method: str = "nuclei",
+    ) -> None:
         super().__init__(keys)
-        self.objects = as_bool(objects)
+        self.objects = as_bool(objects) and method == "nuclei"
         self.instances_key = instances_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -50,40 +64,68 @@ class LabelTargetsd(MapTransform):
 
 
 class Instancesd(MapTransform):
-    """Objects from the network's probabilities ``(2, *spatial)`` (object mask, centre map) under ``keys``: writes
-    ``d[instances_key]`` = instance ids ``(1, *spatial)`` (:func:`scripts.instances.instances_from_probabilities`)
-    and keeps only the mask channel ``(1, *spatial)`` under ``keys``, so the pixel pipeline after it is unchanged."""
+    """Objects from the network's probabilities under ``keys``, written to ``d[instances_key]`` as instance ids
+    ``(1, *spatial)`` (0 background), by ``method``:
+
+    - ``"nuclei"``: probabilities ``(2, *spatial)`` (object mask, centre map), seeded watershed
+      (:func:`scripts.instances.instances_from_probabilities`); ``keys`` keeps only the mask channel;
+    - ``"neurons"``: a membrane probability ``(1, H, W[, D])``, one id per region between membranes, section by
+      section along the last axis (:func:`scripts.instances.segments_from_boundaries` with ``sigma``, ``h``,
+      ``merge_threshold``); ``keys`` unchanged;
+    - ``"components"``: a probability ``(1, *spatial)``, the connected components (2D or 3D) of ``>= threshold``
+      (:func:`scripts.instances.components` with ``min_size``).
+
+    With ``"nuclei"`` and ``"components"`` the pixels of objects under ``min_size`` leave the mask (probability 0),
+    so that the mask is the union of the instances and the other probabilities are unchanged.
+    """
+
+    METHODS = ("nuclei", "neurons", "components")
 
     def __init__(
         self,
         keys: KeysCollection,
         instances_key: str = "instances",
+        method: str = "nuclei",
         threshold: float = 0.5,
         seeds: str = "centre",
         h: float = 0.1,
         sigma: float = 1.0,
         min_size: int = 0,
         centre_weight: float = 8.0,
+        merge_threshold: float = 0.7,
     ) -> None:
         super().__init__(keys)
+        if method not in self.METHODS:
+            raise ValueError(f"Instancesd: method must be one of {self.METHODS}, got {method!r}.")
         self.instances_key = instances_key
+        self.method = method
         self.params = {"threshold": threshold, "seeds": seeds, "h": h, "sigma": sigma, "min_size": min_size}
         self.params["centre_weight"] = centre_weight
-        self.min_size = min_size
+        self.merge_threshold = merge_threshold
+
+    def _instances(self, key: Hashable, p: np.ndarray) -> np.ndarray:
+        expected = 2 if self.method == "nuclei" else 1
+        if p.shape[0] != expected:
+            raise ValueError(
+                f"Instancesd ({self.method}): {key!r} needs {expected} channel(s), got {p.shape[0]}"
+                + (" (object mask, centre map)." if expected == 2 else ".")
+            )
+        if self.method == "nuclei":
+            return instances_from_probabilities(p[0], p[1], **self.params)
+        if self.method == "neurons":
+            h, sigma = self.params["h"], self.params["sigma"]
+            return segments_from_boundaries(p[0], sigma=sigma, h=h, merge_threshold=self.merge_threshold)
+        return components(p[0] >= self.params["threshold"], min_size=self.params["min_size"])
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             prob = d[key]
-            if prob.shape[0] != 2:
-                raise ValueError(
-                    f"Instancesd: {key!r} needs 2 channels (object mask, centre map), got {prob.shape[0]}."
-                )
             p = prob.detach().float().cpu().numpy()
-            instances = instances_from_probabilities(p[0], p[1], **self.params)
+            instances = self._instances(key, p)
             d[self.instances_key] = _as_meta(instances[None], prob)
-            # the mask channel; the pixels of objects under min_size pixels leave it (probability 0), so that the
-            # mask is the union of the instances and the other probabilities are unchanged
+            if self.method == "neurons":
+                continue
             dropped = (p[0] >= self.params["threshold"]) & (instances == 0)
             d[key] = prob[:1].masked_fill(torch.as_tensor(dropped, device=prob.device)[None], 0.0)
         return d

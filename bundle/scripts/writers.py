@@ -170,8 +170,9 @@ class SaveObjectsd(SaveImaged):
       ``writer`` (the input's format and orientation), 8-bit when N <= 255, else 16-bit (32-bit above 65535);
     - ``<stem>_objects.csv``: one row per object (:func:`scripts.instances.object_table`): ``id``, ``area`` (pixels or
       voxels), ``centroid_*`` and ``bbox_*_min/max`` in the file's axes (``y, x`` for images, ``z, y, x`` for stacks
-      and volumes; max exclusive), ``equivalent_diameter`` (pixels), ``mean_intensity`` of ``image_key``; the header
-      alone for an input without objects;
+      and volumes; max exclusive), ``equivalent_diameter`` (pixels), ``mean_intensity`` of ``image_key``, and for
+      a NIfTI input ``volume_<unit>3`` (voxels times the header's voxel size, in its spatial unit, e.g. ``um``);
+      the header alone for an input without objects;
     - ``summary.csv``: ``image,objects``, one row per input of this and earlier runs into ``output_dir``, updated.
 
     A :class:`~monai.transforms.SaveImaged`, so that apps which drop the savers of a bundle's postprocessing (MONAI
@@ -236,10 +237,27 @@ class SaveObjectsd(SaveImaged):
             image = None
             if self.image_key is not None and self.image_key in d:
                 image = np.asarray(d[self.image_key][0].detach().cpu(), dtype=np.float64).T
-            table = object_table(ids.T, image)  # the file's axes: (y, x) or (z, y, x)
-            write_text_atomic(_csv_text(_named_columns(table, ids.ndim)), self._path(source, "objects", ".csv"))
+            spacing, unit = _voxel_size(instances.meta, ids.ndim)
+            table = object_table(ids.T, image, spacing)  # the file's axes: (y, x) or (z, y, x)
+            columns = _named_columns(table, ids.ndim)
+            if "volume" in columns:
+                columns[f"volume_{unit}3"] = columns.pop("volume")
+            write_text_atomic(_csv_text(columns), self._path(source, "objects", ".csv"))
             self._update_summary(source, count)
         return d
+
+
+_NIFTI_UNITS = {1: "m", 2: "mm", 3: "um"}
+
+
+def _voxel_size(meta: Mapping, ndim: int) -> tuple[tuple[float, ...] | None, str]:
+    """Voxel size in the file's axes (reversed MONAI axes) and its unit, from a NIfTI header's ``pixdim`` and
+    ``xyzt_units`` in ``meta``; ``(None, "")`` for files without one (PNG, TIFF)."""
+    if "pixdim" not in meta:
+        return None, ""
+    pixdim = np.asarray(meta["pixdim"], dtype=np.float64).ravel()[1 : ndim + 1]
+    unit = _NIFTI_UNITS.get(int(np.asarray(meta.get("xyzt_units", 0)).ravel()[0]) & 7, "unit")
+    return tuple(float(v) for v in pixdim[::-1]), unit
 
 
 def _named_columns(table: dict, ndim: int) -> dict:
@@ -252,7 +270,11 @@ def _named_columns(table: dict, ndim: int) -> dict:
     columns["id"] = np.asarray(columns["id"]).astype(np.int64)
     for k in ("area",) + tuple(c for c in columns if c.startswith("bbox")):
         columns[k] = np.asarray(columns[k]).astype(np.int64)
-    return {
-        k: [round(float(x), 3) if isinstance(x, (float, np.floating)) else int(x) for x in v]
-        for k, v in columns.items()
-    }
+    return {k: [_rounded(k, x) for x in v] for k, v in columns.items()}
+
+
+def _rounded(column: str, x: object) -> float | int:
+    """Pixel measures to 3 decimals, physical volumes (tiny in um^3 or mm^3) to 6 significant digits."""
+    if not isinstance(x, (float, np.floating)):
+        return int(x)  # type: ignore[call-overload]
+    return float(f"{float(x):.6g}") if column == "volume" else round(float(x), 3)

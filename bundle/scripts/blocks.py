@@ -1,0 +1,699 @@
+"""Block-wise inference of images and volumes larger than memory: zarr / OME-Zarr arrays and TIFF stacks read
+lazily block by block, written block by block, resumable, shared by the processes of ``torchrun``.
+
+Conventions: arrays are in their file's axes, ``(Z, Y, X)`` or ``(Y, X)``; the network sees each region in MONAI's
+axes (reversed: ``(X, Y, Z)``), as the readers of ``inference.json`` give it. A **block** is the part of the output
+one step writes (a whole number of the output's chunks, so no two blocks write the same chunk). Its **region** is
+the block grown to every sliding window of the whole-volume window grid that touches the block (the halo), so a
+block's output is what whole-volume inference gives there: same windows, same Gaussian blending, per-window
+test-time flips; the only differences are float rounding in the blending sums (see ``docs/blocks.md``).
+
+Used by ``configs/blocks.json`` (merged after ``inference.json`` and a preset); :class:`BlockInference` does the work.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from monai.inferers import SliceInferer, SlidingWindowInferer
+from scipy import ndimage
+from zarr.core.sync import sync
+
+from scripts import InputError
+from scripts.inferers import WholeImageInferer
+from scripts.writers import write_text_atomic
+
+__all__ = [
+    "open_array",
+    "list_inputs",
+    "window_geometry",
+    "BlockGrid",
+    "default_block_shape",
+    "BlockInference",
+    "process_device",
+]
+
+logger = logging.getLogger(__name__)
+
+ARRAY_SUFFIXES = (".zarr", ".tif", ".tiff")
+
+
+def _stem(path: str | os.PathLike) -> str:
+    name = Path(path).name
+    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def list_inputs(path: str | os.PathLike) -> list[str]:
+    """The arrays to segment: ``path`` itself when it is a ``.zarr`` folder or a TIFF file, else the ``.zarr``
+    folders and TIFF files inside it, sorted; an error naming ``path`` when there are none."""
+    p = Path(path)
+    if p.name.lower().endswith(ARRAY_SUFFIXES) and p.exists():
+        return [str(p)]
+    if not p.is_dir():
+        raise InputError(f"{p}: no such zarr array, TIFF file or folder.")
+    found = sorted(
+        str(c) for c in p.iterdir() if c.name.lower().endswith(ARRAY_SUFFIXES) and not c.name.startswith(".")
+    )
+    if not found:
+        raise InputError(f"{p}: no .zarr arrays or TIFF files to segment block-wise.")
+    return found
+
+
+def _ome(attrs: dict) -> dict | None:
+    """The OME-NGFF metadata of a group's attributes: ``attrs["ome"]`` (0.5) or the attributes themselves (0.4)."""
+    ome = attrs.get("ome", attrs)
+    return ome if isinstance(ome, dict) and "multiscales" in ome else None
+
+
+def open_array(path: str | os.PathLike) -> tuple[zarr.Array, dict]:
+    """Open ``path`` lazily: a zarr array, an OME-Zarr image (its first, full-resolution dataset) or a TIFF (through
+    tifffile's zarr store, pages decoded only when read). Returns the array and ``info``: ``kind`` (``"zarr"``,
+    ``"ome-zarr"`` or ``"tiff"``), ``ome`` (the OME metadata) and ``axes``. Errors name the file: not readable, not
+    an image, or axes other than ``(Z, Y, X)`` / ``(Y, X)`` (singleton channel or time axes of OME-Zarr are
+    accepted and dropped)."""
+    p = Path(path)
+    info: dict[str, Any] = {"path": str(p), "ome": None}
+    try:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = zarr.open(tifffile.imread(str(p), aszarr=True), mode="r")
+            info["kind"] = "tiff"
+        else:
+            node = zarr.open(str(p), mode="r")
+            if isinstance(node, zarr.Group):
+                ome = _ome(dict(node.attrs))
+                if ome is None:
+                    raise InputError(f"{p}: a zarr group without OME-Zarr 'multiscales' metadata; give the array.")
+                info["ome"], info["kind"], info["ome_nested"] = ome, "ome-zarr", "ome" in dict(node.attrs)
+                node = node[ome["multiscales"][0]["datasets"][0]["path"]]
+            else:
+                info["kind"] = "zarr"
+            arr = node
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{p}: cannot be read as a zarr array or TIFF ({type(e).__name__}: {e}).") from e
+    if isinstance(arr, zarr.Group):
+        raise InputError(f"{p}: a zarr group where an image array was expected.")
+    axes = [a["name"] for a in info["ome"]["multiscales"][0]["axes"]] if info["ome"] else None
+    shape = tuple(arr.shape)
+    if axes is not None:
+        extra = [i for i, a in enumerate(axes) if a.lower() in ("c", "t")]
+        if any(shape[i] != 1 for i in extra):
+            raise InputError(f"{p}: axes {axes} with shape {shape}: only single-channel images can be segmented.")
+        info["drop"] = tuple(extra)
+        axes = [a for a in axes if a.lower() not in ("c", "t")]
+    ndim = len(shape) - len(info.get("drop", ()))
+    if ndim not in (2, 3):
+        raise InputError(f"{p}: shape {shape}: expected 2 axes (Y, X) or 3 axes (Z, Y, X), got {len(shape)}.")
+    info["axes"] = axes or (["y", "x"] if ndim == 2 else ["z", "y", "x"])
+    info["zarr_format"] = getattr(arr.metadata, "zarr_format", 3) if info["kind"] != "tiff" else 3
+    return arr, info
+
+
+def _read(arr: zarr.Array, info: dict, region: tuple[slice, ...]) -> np.ndarray:
+    """``arr[region]`` (file axes without the dropped singleton axes)."""
+    index: list[Any] = list(region)
+    for i in info.get("drop", ()):
+        index.insert(i, 0)
+    return np.asarray(arr[tuple(index)])
+
+
+def _chunks(arr: zarr.Array, info: dict) -> tuple[int, ...]:
+    drop = info.get("drop", ())
+    return tuple(int(c) for i, c in enumerate(arr.chunks) if i not in drop)
+
+
+def _spatial_shape(arr: zarr.Array, info: dict) -> tuple[int, ...]:
+    drop = info.get("drop", ())
+    return tuple(int(s) for i, s in enumerate(arr.shape) if i not in drop)
+
+
+def missing_chunks(arr: zarr.Array, info: dict, region: tuple[slice, ...]) -> list[tuple[int, ...]]:
+    """Chunk coordinates (full array axes) under ``region`` that the zarr store lacks (empty for TIFF inputs)."""
+    if info["kind"] == "tiff":
+        return []
+    chunks, index = list(arr.chunks), list(region)
+    for i in info.get("drop", ()):
+        index.insert(i, slice(0, 1))
+    ranges = [range(s.start // c, math.ceil(s.stop / c)) for s, c in zip(index, chunks, strict=True)]
+    lacking = []
+    prefix = f"{arr.path}/" if arr.path else ""
+    for coords in np.ndindex(*[len(r) for r in ranges]):
+        c = tuple(r[i] for r, i in zip(ranges, coords, strict=True))
+        if not sync(arr.store.exists(prefix + arr.metadata.encode_chunk_key(c))):
+            lacking.append(c)
+    return lacking
+
+
+def window_geometry(inferer: Any, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The sliding-window grid of ``inferer`` in file axes of an ``ndim``-D array: ``(window, stride)``.
+
+    ``inferer`` is a preset's (wrappers such as ``AutocastInferer`` and ``FlipInferer`` are looked through); its
+    sliding window is a MONAI ``SlidingWindowInferer`` (windows ``roi_size``, stride ``int(roi * (1 - overlap))``
+    as MONAI computes it) or a ``SliceInferer`` (2D windows in each section: window and stride 1 across sections).
+    A ``WholeImageInferer`` with ``max_pixels > 0`` is refused: block-wise inference needs the sliding window
+    (``configs/blocks.json`` sets ``whole_image_max_pixels`` 0)."""
+    inner = inferer
+    while not isinstance(inner, SlidingWindowInferer):
+        if isinstance(inner, WholeImageInferer) and inner.max_pixels > 0:
+            raise ValueError("block-wise inference needs the sliding window: set whole_image_max_pixels 0.")
+        if not hasattr(inner, "inferer"):
+            raise ValueError(f"no sliding-window inferer inside {type(inferer).__name__}.")
+        inner = inner.inferer
+    roi = [int(r) for r in inner.roi_size]
+    overlap = inner.overlap if isinstance(inner.overlap, Sequence) else [inner.overlap] * len(roi)
+    stride = [max(int(r * (1 - o)), 1) for r, o in zip(roi, overlap, strict=True)]
+    if isinstance(inner, SliceInferer):  # MONAI axes (X, Y, Z) with the slices along spatial_dim
+        roi.insert(inner.spatial_dim, 1)
+        stride.insert(inner.spatial_dim, 1)
+    if len(roi) != ndim:
+        raise ValueError(f"the preset's windows {tuple(roi)} do not fit a {ndim}-D array.")
+    return tuple(roi[::-1]), tuple(stride[::-1])
+
+
+def default_block_shape(
+    shape: Sequence[int], chunks: Sequence[int], window: Sequence[int], windows_per_block: int = 8
+) -> tuple[int, ...]:
+    """A block of about ``windows_per_block`` windows along each axis (8 sections along a section-by-section axis),
+    rounded up to whole chunks and clipped to the array: large enough that re-running the windows shared by two
+    blocks costs a few percent, small enough to bound memory."""
+    block = []
+    for n, c, w in zip(shape, chunks, window, strict=True):
+        target = max(w * windows_per_block, windows_per_block, c)
+        block.append(min(n, math.ceil(target / c) * c))
+    return tuple(block)
+
+
+class BlockGrid:
+    """Blocks of ``block`` (file axes) over an array of ``shape``, and the region each block needs from a sliding
+    window grid (``window``, ``stride``) laid over the whole array as MONAI lays it: starts ``0, s, 2s, ...``, the
+    last one moved back to end at the array's end."""
+
+    def __init__(self, shape: Sequence[int], block: Sequence[int], window: Sequence[int], stride: Sequence[int]):
+        self.shape, self.block = tuple(int(s) for s in shape), tuple(int(b) for b in block)
+        self.window, self.stride = tuple(int(w) for w in window), tuple(int(s) for s in stride)
+        self.counts = tuple(math.ceil(n / b) for n, b in zip(self.shape, self.block, strict=True))
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+    def index(self, i: int) -> tuple[int, ...]:
+        return tuple(int(k) for k in np.unravel_index(i, self.counts))
+
+    def block_slices(self, i: int) -> tuple[slice, ...]:
+        return tuple(
+            slice(k * b, min((k + 1) * b, n)) for k, b, n in zip(self.index(i), self.block, self.shape, strict=True)
+        )
+
+    def _starts(self, axis: int) -> np.ndarray:
+        n, w, s = self.shape[axis], self.window[axis], self.stride[axis]
+        if w >= n:
+            return np.zeros(1, int)
+        count = next(d for d in range(math.ceil(n / s) + 1) if d * s + w >= n) + 1
+        return np.minimum(np.arange(count) * s, n - w)
+
+    def region(self, i: int) -> tuple[slice, ...]:
+        """The region (file axes) covering every window that touches block ``i``."""
+        out = []
+        for axis, sl in enumerate(self.block_slices(i)):
+            starts, w = self._starts(axis), self.window[axis]
+            touching = starts[(starts < sl.stop) & (starts + w > sl.start)]
+            out.append(slice(int(touching.min()), min(int(touching.max()) + w, self.shape[axis])))
+        return tuple(out)
+
+
+def process_device() -> torch.device:
+    """This process's device: ``cuda:<LOCAL_RANK>`` under ``torchrun`` with GPUs, ``cuda`` or ``cpu`` otherwise."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    return torch.device("cpu")
+
+
+def _torch_axes(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(tuple(range(a.ndim))[::-1])))
+
+
+def _file_axes(t: torch.Tensor) -> np.ndarray:
+    a = t.detach().float().cpu().numpy()
+    return a.transpose(tuple(range(a.ndim))[::-1])
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    write_text_atomic(json.dumps(data, indent=1), path)
+
+
+def _fingerprint(path: str, arr: zarr.Array, info: dict, options: dict) -> dict:
+    return {
+        "input": os.path.abspath(path),
+        "shape": list(_spatial_shape(arr, info)),
+        "dtype": str(arr.dtype),
+        "options": options,
+    }
+
+
+class _Union:
+    """Union-find over object ids (joins objects that a block border cut)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, a: int) -> int:
+        root = a
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(a, a) != root:
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+class BlockInference:
+    """Segment each zarr / OME-Zarr / TIFF array of ``dataset_dir`` block by block into ``output_dir``.
+
+    Args:
+        dataset_dir: a ``.zarr`` folder, a TIFF file, or a folder of them (:func:`list_inputs`).
+        output_dir: where ``<stem>_seg.zarr`` (uint8 mask, 255 = target, the input's shape and chunks; OME-Zarr
+            with the input's axes and scale when the input was OME-Zarr), ``<stem>_prob.zarr`` (float16 probability,
+            with ``save_probabilities``) and ``<stem>_instances.zarr`` (uint32 ids unique over the volume, objects
+            cut by block borders joined) go; for a TIFF input, TIFF stacks of the same names, written page by page.
+            ``<stem>_objects.csv`` lists the objects (id, voxels, centroid, bounding box, file axes).
+        network: the preset's network; ``ckpt_path`` its weights.
+        inferer: the preset's inferer (``scripts.inferers.with_flips(@inferer, @tta)``).
+        instances: the preset's instance transform (``Instancesd``) or ``None``.
+        block_shape: block size in file axes (``None``: :func:`default_block_shape`), rounded up to whole chunks.
+        allow_missing_chunks: read chunks absent from a zarr store as its fill value (default: an error naming the
+            array and the block).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str,
+        output_dir: str,
+        network: torch.nn.Module,
+        ckpt_path: str,
+        inferer: Callable,
+        device: str | torch.device = "cpu",
+        threshold: float = 0.5,
+        instances: Callable | None = None,
+        block_shape: Sequence[int] | None = None,
+        save_probabilities: bool = False,
+        allow_missing_chunks: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.dataset_dir, self.output_dir = dataset_dir, Path(output_dir)
+        self.network, self.ckpt_path, self.inferer = network, ckpt_path, inferer
+        self.device, self.threshold = torch.device(device), float(threshold)
+        # objects under min_size are dropped after the objects cut by block borders are joined, not per block
+        self.instances, self.min_size = instances, 0
+        if instances is not None and hasattr(instances, "params"):
+            self.instances = copy.copy(instances)
+            self.instances.params = dict(instances.params, min_size=0)
+            if getattr(instances, "method", "") != "neurons":  # neuron segments keep every region
+                self.min_size = int(instances.params.get("min_size", 0))
+        self.block_shape = tuple(int(b) for b in block_shape) if block_shape else None
+        self.save_probabilities = bool(save_probabilities)
+        self.allow_missing_chunks = bool(allow_missing_chunks)
+        self.progress = bool(progress)
+        self.rank, self.world = 0, 1
+
+    # ---- processes -------------------------------------------------------------------------------------------
+    def _start_processes(self) -> None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _load_weights(self) -> None:
+        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        self.network.load_state_dict(state)
+        self.network.eval()
+
+    # ---- one input ------------------------------------------------------------------------------------------
+    def __call__(self) -> list[str]:
+        self._start_processes()
+        self._load_weights()
+        inputs = list_inputs(self.dataset_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for path in inputs:
+            written += self.segment(path)
+        if self.rank == 0:
+            logger.info(f"{len(inputs)} input(s) segmented block-wise: {len(written)} output(s) in {self.output_dir}")
+        return written
+
+    def _work_dir(self, stem: str) -> Path:
+        return self.output_dir / f".{stem}_blocks"
+
+    def _prepare(self, path: str, arr: zarr.Array, info: dict, grid: BlockGrid, work: Path) -> dict:
+        """Rank 0: the run record (input fingerprint, intensity statistics) and empty outputs; an existing record of
+        another input or other options is an error (nothing written is touched)."""
+        options = {"block": list(grid.block), "window": list(grid.window), "threshold": self.threshold}
+        options["weights"] = hashlib.md5(Path(self.ckpt_path).read_bytes()).hexdigest()
+        options["instances"] = type(self.instances).__name__ if self.instances is not None else None
+        options["probabilities"] = self.save_probabilities
+        fingerprint = _fingerprint(path, arr, info, options)
+        record = work / "run.json"
+        if record.is_file():
+            previous = json.loads(record.read_text())
+            if previous.get("fingerprint") != fingerprint:
+                raise InputError(
+                    f"{work}: holds a block-wise run of {previous.get('fingerprint', {}).get('input')} with other"
+                    f" options or input; remove it (and the outputs of {_stem(path)}) or choose another output_dir."
+                )
+            return previous
+        stem = _stem(path)
+        for name in ("seg", "prob", "instances"):
+            out = self.output_dir / f"{stem}_{name}.{'tif' if info['kind'] == 'tiff' else 'zarr'}"
+            if out.exists():
+                raise InputError(f"{out}: exists from another run; remove it or choose another output_dir.")
+        work.mkdir(parents=True, exist_ok=True)
+        mean, std = self._statistics(arr, info, grid)
+        chunks = _chunks(arr, info) if info["kind"] != "tiff" else tuple(grid.block)
+        shape = _spatial_shape(arr, info)
+        self._create(work, stem, info, shape, chunks)
+        run = {"fingerprint": fingerprint, "mean": mean, "std": std, "chunks": list(chunks)}
+        _atomic_json(record, run)
+        return run
+
+    def _statistics(self, arr: zarr.Array, info: dict, grid: BlockGrid) -> tuple[float, float]:
+        """Mean and standard deviation of the whole array (as ``NormalizeIntensityd`` of the whole-volume path), one
+        block at a time."""
+        total, total2, n = 0.0, 0.0, 0
+        for i in range(len(grid)):
+            a = _read(arr, info, grid.block_slices(i)).astype(np.float64)
+            total, total2, n = total + a.sum(), total2 + (a * a).sum(), n + a.size
+        mean = total / max(n, 1)
+        return mean, math.sqrt(max(total2 / max(n, 1) - mean * mean, 0.0))
+
+    def _targets(self, work: Path, stem: str, info: dict) -> dict[str, Path]:
+        """The zarr arrays written block by block: into ``output_dir`` for zarr inputs, the work folder for TIFF
+        inputs (converted to TIFF at the end); instance ids first go to a 64-bit array in the work folder."""
+        base = work if info["kind"] == "tiff" else self.output_dir
+        targets = {"seg": base / f"{stem}_seg.zarr", "ids": work / "ids.zarr"}
+        if self.save_probabilities:
+            targets["prob"] = base / f"{stem}_prob.zarr"
+        if self.instances is not None:
+            targets["instances"] = base / f"{stem}_instances.zarr"
+        return targets
+
+    def _create(self, work: Path, stem: str, info: dict, shape: tuple, chunks: tuple) -> None:
+        dtypes = {"seg": "uint8", "prob": "float16", "instances": "uint32", "ids": "uint64"}
+        for name, target in self._targets(work, stem, info).items():
+            if name == "ids" and self.instances is None:
+                continue
+            if info["kind"] == "ome-zarr" and name != "ids":
+                group = zarr.open_group(str(target), mode="w", zarr_format=info["zarr_format"])
+                ms = json.loads(json.dumps(info["ome"]["multiscales"][0]))
+                dataset = dict(ms["datasets"][0], path="0")
+                keep = [i for i, a in enumerate(ms["axes"]) if a["name"].lower() not in ("c", "t")]
+                ms["axes"] = [ms["axes"][i] for i in keep]
+                for t in dataset.get("coordinateTransformations", []):
+                    for key in ("scale", "translation"):
+                        if key in t:
+                            t[key] = [t[key][i] for i in keep]
+                ms.update({"datasets": [dataset], "name": f"{stem}_{name}"})
+                ms.pop("coordinateTransformations", None)
+                attrs = {"multiscales": [ms]}
+                group.attrs.update({"ome": dict(info["ome"], **attrs)} if info["ome_nested"] else attrs)
+                group.create_array("0", shape=shape, chunks=chunks, dtype=dtypes[name], fill_value=0)
+            else:
+                zarr.create_array(
+                    str(target),
+                    shape=shape,
+                    chunks=chunks,
+                    dtype=dtypes[name],
+                    fill_value=0,
+                    zarr_format=info["zarr_format"],
+                )
+
+    def _open_targets(self, work: Path, stem: str, info: dict) -> dict[str, zarr.Array]:
+        out = {}
+        for name, target in self._targets(work, stem, info).items():
+            if name == "ids" and self.instances is None:
+                continue
+            node = zarr.open(str(target), mode="r+")
+            out[name] = node["0"] if isinstance(node, zarr.Group) else node
+        return out
+
+    def segment(self, path: str) -> list[str]:
+        """Segment one array; returns the output paths (rank 0) or ``[]``."""
+        arr, info = open_array(path)
+        shape = _spatial_shape(arr, info)
+        window, stride = window_geometry(self.inferer, len(shape))
+        chunks = _chunks(arr, info)
+        block = self.block_shape or default_block_shape(shape, chunks, window)
+        if len(block) != len(shape):
+            raise InputError(f"{path}: block_shape {block} does not fit its {len(shape)} axes {tuple(shape)}.")
+        block = tuple(min(n, math.ceil(b / c) * c) for b, c, n in zip(block, chunks, shape, strict=True))
+        grid = BlockGrid(shape, block, window, stride)
+        stem, work = _stem(path), self._work_dir(_stem(path))
+        if self.rank == 0:
+            self._prepare(path, arr, info, grid, work)
+        self._barrier()
+        run = json.loads((work / "run.json").read_text())
+        targets = self._open_targets(work, stem, info)
+        done_dir = work / "done"
+        done_dir.mkdir(exist_ok=True)
+        done = {int(f.stem) for f in done_dir.glob("*.json")}
+        mine = [i for i in range(len(grid)) if i % self.world == self.rank and i not in done]
+        if self.rank == 0:
+            logger.info(
+                f"{path}: {tuple(shape)} in {len(grid)} block(s) of {grid.block} (windows {grid.window}),"
+                f" {len(done)} already done, {self.world} process(es)"
+            )
+        start = time.perf_counter()
+        for k, i in enumerate(mine):
+            self._segment_block(path, arr, info, grid, i, run, targets, done_dir)
+            if self.progress:
+                rate = (time.perf_counter() - start) / (k + 1)
+                logger.info(
+                    f"block {i + 1}/{len(grid)} done (process {self.rank}: {k + 1}/{len(mine)}, {rate:.1f} s a block)"
+                )
+        self._barrier()
+        written: list[str] = []
+        if self.rank == 0:
+            written = self._finish(path, info, grid, work, stem, targets)
+        self._barrier()
+        return written
+
+    def _segment_block(
+        self,
+        path: str,
+        arr: zarr.Array,
+        info: dict,
+        grid: BlockGrid,
+        i: int,
+        run: dict,
+        targets: dict,
+        done_dir: Path,
+    ) -> None:
+        region, block = grid.region(i), grid.block_slices(i)
+        if not self.allow_missing_chunks:
+            lacking = missing_chunks(arr, info, region)
+            if lacking:
+                raise InputError(
+                    f"{path}: chunk(s) {lacking[:4]}{' ...' if len(lacking) > 4 else ''} missing from the array,"
+                    f" needed by block {i} {_fmt(block)}; restore them or pass --allow_missing_chunks true."
+                )
+        try:
+            image = _read(arr, info, region).astype(np.float32)
+        except Exception as e:
+            raise InputError(f"{path}: block {i} {_fmt(region)} cannot be read ({type(e).__name__}: {e}).") from e
+        image = (image - run["mean"]) / (run["std"] if run["std"] > 0 else 1.0)
+        x = _torch_axes(image)[None, None].to(self.device)
+        with torch.no_grad():
+            logits = self.inferer(x, self.network)
+        prob = torch.sigmoid(logits[0].float())
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(block, region, strict=True))
+        torch_inner = (slice(None),) + tuple(inner[::-1])
+        prob = prob[torch_inner]
+        ids = None
+        if self.instances is not None:
+            d = self.instances({"pred": prob})
+            prob, ids = d["pred"], _file_axes(d["instances"][0]).astype(np.uint64)
+        p = _file_axes(prob[0])
+        targets["seg"][block] = np.where(p >= self.threshold, 255, 0).astype(np.uint8)
+        if "prob" in targets:
+            targets["prob"][block] = p.astype(np.float16)
+        count = 0
+        if ids is not None:
+            count = int(ids.max(initial=0))
+            targets["ids"][block] = np.where(ids > 0, ids + (np.uint64(i + 1) << np.uint64(32)), 0).astype(np.uint64)
+        _atomic_json(done_dir / f"{i}.json", {"block": i, "slices": _fmt(block), "objects": count})
+
+    # ---- after all blocks -----------------------------------------------------------------------------------
+    def _finish(self, path: str, info: dict, grid: BlockGrid, work: Path, stem: str, targets: dict) -> list[str]:
+        if self.instances is not None and not (work / "instances.json").is_file():
+            self._join_instances(grid, targets, work, stem, info)
+        names = [n for n in ("seg", "prob", "instances") if n in targets]
+        outputs = []
+        for name in names:
+            zpath = self._targets(work, stem, info)[name]
+            if info["kind"] == "tiff":
+                tif = self.output_dir / f"{stem}_{name}.tif"
+                if not tif.exists():
+                    _zarr_to_tiff(targets[name], tif)
+                outputs.append(str(tif))
+            else:
+                outputs.append(str(zpath))
+        if self.instances is not None:
+            outputs.append(str(self.output_dir / f"{stem}_objects.csv"))
+        if info["kind"] == "tiff":
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            shutil.rmtree(work / "ids.zarr", ignore_errors=True)
+        logger.info(f"{path}: written " + ", ".join(outputs))
+        return outputs
+
+    def _join_instances(self, grid: BlockGrid, targets: dict, work: Path, stem: str, info: dict) -> None:
+        """Join objects that touch across a block face (for section-by-section ``neurons`` only within sections),
+        drop objects under ``min_size`` (from the mask and probabilities too, as ``Instancesd`` does), number the
+        rest ``1..N`` over the volume into ``<stem>_instances`` and write ``<stem>_objects.csv``."""
+        ids = targets["ids"]
+        union = _Union()
+        section_wise = getattr(self.instances, "method", "") == "neurons" and len(grid.shape) == 3
+        axes = range(1, len(grid.shape)) if section_wise else range(len(grid.shape))
+        sizes: dict[int, int] = {}
+        for i in range(len(grid)):
+            sl = grid.block_slices(i)
+            keys, counts = np.unique(np.asarray(ids[sl]), return_counts=True)
+            for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+                if k:
+                    sizes[k] = c
+            for axis in axes:
+                if sl[axis].stop >= grid.shape[axis]:
+                    continue
+                a = list(sl)
+                a[axis] = slice(sl[axis].stop - 1, sl[axis].stop + 1)  # this block's last layer, the next one's first
+                pair = np.asarray(ids[tuple(a)])
+                first, second = np.take(pair, 0, axis=axis), np.take(pair, 1, axis=axis)
+                both = (first > 0) & (second > 0)
+                for u, v in set(zip(first[both].tolist(), second[both].tolist(), strict=True)):
+                    union.union(u, v)
+        totals: dict[int, int] = {}
+        for k, c in sizes.items():
+            root = union.find(k)
+            totals[root] = totals.get(root, 0) + c
+        labels: dict[int, int] = {}
+        stats: dict[int, list] = {}
+        for i in range(len(grid)):
+            sl = grid.block_slices(i)
+            block_ids = np.asarray(ids[sl])
+            keys = np.unique(block_ids[block_ids > 0]).tolist()
+            values = [0]
+            for k in keys:
+                root = union.find(k)
+                if totals[root] < self.min_size:
+                    values.append(0)
+                    continue
+                if root not in labels:
+                    labels[root] = len(labels) + 1
+                values.append(labels[root])
+            lut_keys = np.asarray([0] + keys, np.uint64)
+            final = np.asarray(values, np.uint32)[np.searchsorted(lut_keys, block_ids)]
+            targets["instances"][sl] = final
+            dropped = (block_ids > 0) & (final == 0)
+            if dropped.any():
+                for name in ("seg", "prob"):
+                    if name in targets:
+                        part = np.asarray(targets[name][sl])
+                        part[dropped] = 0
+                        targets[name][sl] = part
+            _accumulate(stats, final, [s.start for s in sl])
+        _write_objects_csv(stats, self.output_dir / f"{stem}_objects.csv", info["axes"])
+        _atomic_json(work / "instances.json", {"objects": len(labels)})
+
+
+def _fmt(slices: tuple[slice, ...]) -> str:
+    return "[" + ", ".join(f"{s.start}:{s.stop}" for s in slices) + "]"
+
+
+def _accumulate(stats: dict[int, list], final: np.ndarray, origin: list[int]) -> None:
+    """Add each object's voxel count, coordinate sums and bounding box in this block (offset ``origin``)."""
+    present = np.unique(final[final > 0])
+    if present.size == 0:
+        return
+    local = np.searchsorted(present, final) + 1
+    local[final == 0] = 0
+    counts = np.bincount(local.ravel(), minlength=present.size + 1)[1:]
+    index = np.arange(1, present.size + 1)
+    coords = []
+    for a, n in enumerate(final.shape):
+        along = np.arange(n).reshape([-1 if k == a else 1 for k in range(final.ndim)])
+        coords.append(ndimage.sum_labels(np.broadcast_to(along, final.shape), local, index))
+    boxes = ndimage.find_objects(local)
+    for j, obj in enumerate(present.tolist()):
+        box = boxes[j]
+        lo = [b.start + o for b, o in zip(box, origin, strict=True)]
+        hi = [b.stop + o for b, o in zip(box, origin, strict=True)]
+        sums = [float(c[j]) + float(counts[j]) * o for c, o in zip(coords, origin, strict=True)]
+        if obj not in stats:
+            stats[obj] = [float(counts[j]), sums, lo, hi]
+        else:
+            s = stats[obj]
+            s[0] += float(counts[j])
+            s[1] = [x + y for x, y in zip(s[1], sums, strict=True)]
+            s[2] = [min(x, y) for x, y in zip(s[2], lo, strict=True)]
+            s[3] = [max(x, y) for x, y in zip(s[3], hi, strict=True)]
+
+
+def _write_objects_csv(stats: dict[int, list], path: Path, axes: Sequence[str]) -> None:
+    names = [a.lower() for a in axes]
+    header = ["id", "area"] + [f"centroid_{a}" for a in names]
+    header += [f"bbox_{a}_min" for a in names] + [f"bbox_{a}_max" for a in names]
+    lines = [",".join(header)]
+    for obj in sorted(stats):
+        n, sums, lo, hi = stats[obj]
+        row = [str(obj), str(int(n))] + [f"{s / n:.3f}" for s in sums] + [str(v) for v in lo] + [str(v) for v in hi]
+        lines.append(",".join(row))
+    write_text_atomic("\n".join(lines) + "\n", path)
+
+
+def _zarr_to_tiff(array: zarr.Array, path: Path) -> None:
+    """Write ``array`` (``(Z, Y, X)`` or ``(Y, X)``) as a TIFF, one page at a time, atomically."""
+    import tifffile
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    pages = array.shape[0] if array.ndim == 3 else 1
+
+    def page_iter() -> Iterator[np.ndarray]:
+        for z in range(pages):
+            yield np.asarray(array[z] if array.ndim == 3 else array[:])
+
+    shape = tuple(array.shape) if array.ndim == 3 else (1, *array.shape)
+    imagej = np.dtype(array.dtype) in (np.uint8, np.uint16)
+    tifffile.imwrite(str(tmp), page_iter(), shape=shape, dtype=array.dtype, imagej=imagej)
+    os.replace(tmp, path)
