@@ -7,6 +7,7 @@ Run from the bundle root; each prints one JSON object as its last line::
     python -m tools.benchmark data --dataset_dir /path/to/dsb2018 --limit 128
     python -m tools.benchmark gpu --train_images 539
     python -m tools.benchmark conv --channels "[32,64,128,256,512]" --size 256 --batch 4
+    python -m tools.benchmark blocks --side 1024 --block 512 --throughput_side 4096
 
 ``train`` builds the trainer from ``configs/train.json`` with ``monai.bundle.ConfigParser`` (network, loss, optimizer,
 mixed precision, memory format, ``memory_saving``, ``compile``, post-processing and the training metric, exactly as
@@ -25,9 +26,11 @@ the network's convolutions put on the training speed-up on this device.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -754,6 +757,82 @@ def conv(
     return out
 
 
+def _tiled_slide(path: Path, side: tuple[int, int], chunks: int = 256) -> None:
+    """A uint8 zarr 'slide' of ``side`` pixels tiled from the shipped sample's images (flipped copies), chunked."""
+    import zarr
+    from PIL import Image
+
+    files = sorted((BUNDLE / "sample_data" / "dsb2018" / "images").glob("*.png"))
+    tiles = []
+    for k, f in enumerate(files):
+        a = np.asarray(Image.open(f).convert("L"))
+        a = np.pad(a, ((0, max(0, 256 - a.shape[0])), (0, max(0, 256 - a.shape[1]))), "reflect")[:256, :256]
+        tiles += [a, a[::-1], a[:, ::-1]] if k % 2 else [a.T, a]
+    z = zarr.create_array(str(path), shape=side, chunks=(chunks, chunks), dtype="uint8", overwrite=True)
+    rows = []
+    for r in range(0, side[0], 256):
+        row = [tiles[(r // 256 * 7 + c // 256) % len(tiles)] for c in range(0, side[1], 256)]
+        rows.append(np.concatenate(row, axis=1))
+    z[:] = np.concatenate(rows, axis=0)[: side[0], : side[1]]
+
+
+def _blocks_worker(spec: str) -> None:
+    """One block-wise run in this fresh process (configs merged as a user merges them); prints seconds and peak RSS."""
+    s = json.loads(spec)
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / c) for c in s["configs"]])
+    parser.update(s["overrides"])
+    run = parser.get_parsed_content("blocks")
+    start = time.perf_counter()
+    run()
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}))
+
+
+def blocks(
+    side: int = 1024,
+    block: int = 512,
+    scales: tuple = (1, 4, 16),
+    throughput_side: int = 4096,
+    configs: tuple = ("inference.json", "blocks.json"),
+    objects: bool = True,
+    work_dir: str = "/tmp/r2attunet_blocks_benchmark",
+) -> dict:
+    """Block-wise inference (``configs/blocks.json``) on slides tiled from the shipped sample, each run in a fresh
+    process: peak resident memory and voxels per second on slides of ``scales`` times ``side`` x ``side`` pixels
+    with ``block`` x ``block`` blocks (memory bounded by the block, not the slide), then on one slide of
+    ``throughput_side`` pixels the time per voxel of the default blocks against one block over the whole slide
+    (whole-image inference: the same windows, one region), side by side."""
+    work = Path(work_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    result: dict[str, Any] = {"device": _device_name(torch.device("cpu")), "load_before": _load(), "memory": []}
+
+    def one(name: str, n: tuple[int, int], block_shape: list | None) -> dict:
+        _tiled_slide(work / "in" / name / "slide.zarr", n)
+        overrides = {"dataset_dir": str(work / "in" / name), "output_dir": str(work / "out" / name)}
+        overrides.update({"block_shape": block_shape, "objects": objects, "progress_bar": False})
+        r = _run_worker("_blocks_worker", {"configs": list(configs), "overrides": overrides})
+        r["pixels"] = n[0] * n[1]
+        r["megapixels_per_s"] = round(r["pixels"] / r["seconds"] / 1e6, 4)
+        return r
+
+    for scale in scales:
+        n = (int(round(side * math.sqrt(scale))),) * 2
+        r = one(f"x{scale}", n, [block, block])
+        result["memory"].append({"scale": scale, "shape": list(n), **{k: round(v, 2) for k, v in r.items()}})
+    base = result["memory"][0]["peak_rss_mb"]
+    result["peak_rss_ratio_largest_to_smallest"] = round(result["memory"][-1]["peak_rss_mb"] / base, 3)
+    n = (throughput_side, throughput_side)
+    whole, default = one("whole", n, list(n)), one("default", n, None)
+    result["throughput"] = {"shape": list(n), "whole_image": whole, "default_blocks": default}
+    result["blocks_time_per_voxel_ratio"] = round(default["seconds"] / whole["seconds"], 3)
+    result["load_after"] = _load()
+    print(json.dumps(result))
+    return result
+
+
 if __name__ == "__main__":
     fire.Fire(
         {
@@ -765,6 +844,7 @@ if __name__ == "__main__":
                 ("data", data),
                 ("gpu", gpu),
                 ("conv", conv),
+                ("blocks", blocks),
             )
         }
     )

@@ -27,10 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from monai.inferers import SliceInferer, SlidingWindowInferer
 from scipy import ndimage
-from zarr.core.sync import sync
+
+try:
+    import zarr
+    from zarr.core.sync import sync
+except ImportError as e:  # zarr 2 (Python 3.10) or none
+    raise ImportError("block-wise inference needs zarr 3 (Python 3.11 or later): pip install 'zarr>=3'") from e
 
 from scripts import InputError
 from scripts.inferers import WholeImageInferer

@@ -1,0 +1,292 @@
+"""Block-wise inference (configs/blocks.json, scripts/blocks.py) on zarr / OME-Zarr / TIFF arrays built from the
+shipped DSB2018 sample: agreement with whole-image inference, resuming after SIGKILL, two torchrun processes,
+bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from monai.data.utils import dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
+from PIL import Image
+
+from conftest import BUNDLE, run_bundle
+from scripts import InputError
+from scripts.blocks import BlockGrid, default_block_shape, open_array
+
+BLOCKS = "['configs/inference.json','configs/blocks.json']"
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory) -> Path:
+    """A 520x600 uint8 'slide' (chunks 128x128) tiled from the sample's images, as a zarr array and a PNG."""
+    root = tmp_path_factory.mktemp("slide")
+    files = sorted((BUNDLE / "sample_data" / "dsb2018" / "images").glob("*.png"))
+    tiles = []
+    for k in range(9):
+        a = np.asarray(Image.open(files[k % len(files)]).convert("L"))
+        tiles.append(np.pad(a, ((0, max(0, 256 - a.shape[0])), (0, max(0, 256 - a.shape[1]))), "reflect")[:256, :256])
+    big = np.block([[tiles[3 * r + c] for c in range(3)] for r in range(3)])[:520, :600]
+    z = zarr.create_array(str(root / "zarr" / "slide.zarr"), shape=big.shape, chunks=(128, 128), dtype="uint8")
+    z[:] = big
+    (root / "png").mkdir()
+    Image.fromarray(big).save(root / "png" / "slide.png")
+    return root
+
+
+def _zarr(path: Path) -> np.ndarray:
+    node = zarr.open(str(path), mode="r")
+    return np.asarray((node["0"] if isinstance(node, zarr.Group) else node)[:])
+
+
+def test_block_regions_hold_exactly_the_whole_volume_windows_that_touch_each_block():
+    for shape, block, window, overlap in [
+        ((100, 70), (32, 32), (16, 16), 0.25),
+        ((9, 50, 41), (4, 16, 16), (3, 8, 8), 0.5),
+    ]:
+        stride = tuple(int(w * (1 - overlap)) for w in window)
+        assert stride == tuple(_get_scan_interval(shape, window, len(shape), [overlap] * len(shape)))
+        grid = BlockGrid(shape, block, window, stride)
+        whole = dense_patch_slices(shape, window, stride)
+        for i in range(len(grid)):
+            b, r = grid.block_slices(i), grid.region(i)
+            touching = {
+                tuple((s.start, s.stop) for s in w)
+                for w in whole
+                if all(s.start < bs.stop and s.stop > bs.start for s, bs in zip(w, b, strict=True))
+            }
+            size = [x.stop - x.start for x in r]
+            local = dense_patch_slices(
+                size, window, tuple(_get_scan_interval(size, window, len(size), [overlap] * len(size)))
+            )
+            in_region = {tuple((s.start + x.start, s.stop + x.start) for s, x in zip(w, r, strict=True)) for w in local}
+            # the region's own grid (as MONAI's sliding window lays it over the region) is the whole volume's there
+            assert in_region == touching, (shape, i)
+    assert default_block_shape((3000, 900), (128, 128), (256, 256)) == (2048, 900)
+    assert default_block_shape((40, 5000, 5000), (1, 512, 512), (1, 256, 256)) == (8, 2048, 2048)
+
+
+def test_blockwise_matches_whole_image_inference(slide, tmp_path):
+    run_bundle(
+        "run",
+        "--config_file",
+        BLOCKS,
+        "--dataset_dir",
+        str(slide / "zarr"),
+        "--output_dir",
+        str(tmp_path / "blocks"),
+        "--block_shape",
+        "[256,256]",
+        "--save_probabilities",
+        "true",
+    )
+    run_bundle(
+        "run",
+        "--config_file",
+        BLOCKS,
+        "--dataset_dir",
+        str(slide / "zarr" / "slide.zarr"),
+        "--output_dir",
+        str(tmp_path / "one_block"),
+        "--block_shape",
+        "[1024,1024]",
+        "--save_probabilities",
+        "true",
+    )
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(slide / "png"),
+        "--output_dir",
+        str(tmp_path / "whole"),
+        "--whole_image_max_pixels",
+        "0",
+        "--progress_bar",
+        "false",
+    )
+    seg, one = _zarr(tmp_path / "blocks" / "slide_seg.zarr"), _zarr(tmp_path / "one_block" / "slide_seg.zarr")
+    whole = np.asarray(Image.open(tmp_path / "whole" / "slide_seg.png"))
+    assert seg.shape == whole.shape == (520, 600) and seg.dtype == np.uint8
+    assert zarr.open(str(tmp_path / "blocks" / "slide_seg.zarr"), mode="r").chunks == (128, 128)
+    assert (seg != whole).sum() <= 10 and (seg != one).sum() <= 10  # bf16 rounding in the blending sums at most
+    prob, prob_one = _zarr(tmp_path / "blocks" / "slide_prob.zarr"), _zarr(tmp_path / "one_block" / "slide_prob.zarr")
+    assert np.abs(prob.astype(np.float32) - prob_one.astype(np.float32)).max() < 1e-3
+    ids, whole_ids = _zarr(tmp_path / "blocks" / "slide_instances.zarr"), np.asarray(
+        Image.open(tmp_path / "whole" / "slide_instances.png")
+    )
+    assert ids.dtype == np.uint32 and ((ids > 0) == (seg > 0)).all()
+    assert abs(int(ids.max()) - int(whole_ids.max())) <= 3  # objects cut by block borders are joined
+    assert len(np.unique(ids[ids > 0])) == int(ids.max())  # ids 1..N, unique over the slide
+    rows = (tmp_path / "blocks" / "slide_objects.csv").read_text().splitlines()
+    assert rows[0].startswith("id,area,centroid_y,centroid_x,bbox_y_min") and len(rows) == int(ids.max()) + 1
+    areas = {int(r.split(",")[0]): int(r.split(",")[1]) for r in rows[1:]}
+    assert areas == {int(k): int(v) for k, v in zip(*np.unique(ids[ids > 0], return_counts=True), strict=True)}
+
+
+def test_blockwise_resumes_after_sigkill(slide, tmp_path):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", BLOCKS, "--dataset_dir"]
+    cmd += [str(slide / "zarr"), "--block_shape", "[128,128]", "--objects", "false", "--output_dir"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = subprocess.run(cmd + [str(tmp_path / "ref")], cwd=BUNDLE, capture_output=True, text=True, env=env)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen(cmd + [str(out)], cwd=BUNDLE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    done = out / ".slide_blocks" / "done"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(done.glob("*.json")) if done.is_dir() else []) < 3:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(done.glob("*.json")))
+    assert 3 <= finished < 25  # killed part way (5 x 5 blocks)
+    again = subprocess.run(cmd + [str(out)], cwd=BUNDLE, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{finished} already done" in again.stdout + again.stderr
+    assert np.array_equal(_zarr(out / "slide_seg.zarr"), _zarr(tmp_path / "ref" / "slide_seg.zarr"))
+
+
+def test_two_torchrun_processes_write_one_output(slide, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
+    cmd += ["-m", "monai.bundle", "run", "--config_file", BLOCKS, "--dataset_dir", str(slide / "zarr")]
+    cmd += ["--block_shape", "[256,256]", "--output_dir", str(tmp_path / "two")]
+    proc = subprocess.run(
+        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    run_bundle(
+        "run",
+        "--config_file",
+        BLOCKS,
+        "--dataset_dir",
+        str(slide / "zarr"),
+        "--block_shape",
+        "[256,256]",
+        "--output_dir",
+        str(tmp_path / "one"),
+    )
+    for name in ("seg", "instances"):
+        assert np.array_equal(
+            _zarr(tmp_path / "two" / f"slide_{name}.zarr"), _zarr(tmp_path / "one" / f"slide_{name}.zarr")
+        )
+
+
+def test_ome_zarr_in_ome_zarr_out_and_tiff_in_tiff_out(slide, tmp_path):
+    import tifffile
+
+    big = _zarr(slide / "zarr" / "slide.zarr")[:256, :256]
+    group = zarr.open_group(str(tmp_path / "in" / "img.ome.zarr"), mode="w", zarr_format=2)
+    ms = {
+        "version": "0.4",
+        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.5, 0.5]}]}],
+    }
+    group.attrs["multiscales"] = [ms]
+    group.create_array("0", shape=(1, 256, 256), chunks=(1, 128, 128), dtype="uint8")[:] = big[None]
+    tifffile.imwrite(tmp_path / "in" / "img2.tif", big)
+    run_bundle(
+        "run",
+        "--config_file",
+        BLOCKS,
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--objects",
+        "false",
+    )
+    out = zarr.open_group(str(tmp_path / "out" / "img_seg.zarr"), mode="r")
+    meta = out.attrs["multiscales"][0]
+    assert [a["name"] for a in meta["axes"]] == ["y", "x"]
+    assert meta["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.5, 0.5]
+    seg = np.asarray(out["0"][:])
+    assert seg.shape == (256, 256) and set(np.unique(seg)) <= {0, 255} and seg.any()
+    tif = tifffile.imread(tmp_path / "out" / "img2_seg.tif")
+    assert np.array_equal(tif, seg)  # the same pixels through the TIFF path, written page by page
+    assert not (tmp_path / "out" / ".img2_blocks").exists()
+
+
+def test_bad_arrays_get_errors_naming_the_array_and_block(slide, tmp_path):
+    four = tmp_path / "four.zarr"
+    zarr.create_array(str(four), shape=(2, 2, 64, 64), chunks=(1, 1, 64, 64), dtype="uint8")
+    with pytest.raises(InputError, match=r"four.zarr: shape \(2, 2, 64, 64\): expected 2 axes"):
+        open_array(four)
+    holey = tmp_path / "holey" / "h.zarr"
+    shutil.copytree(slide / "zarr" / "slide.zarr", holey)
+    chunk = holey / "c" / "1" / "1"
+    assert chunk.is_file()
+    chunk.unlink()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            BLOCKS,
+            "--dataset_dir",
+            str(holey),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--block_shape",
+            "[256,256]",
+            "--objects",
+            "false",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert "h.zarr: chunk(s) [(1, 1)] missing from the array, needed by block 0 [0:256, 0:256]" in proc.stderr
+    # another input of the same name into an output_dir that holds a run: refused, the earlier output untouched
+    (tmp_path / "other").mkdir()
+    zarr.create_array(str(tmp_path / "other" / "h.zarr"), shape=(64, 64), chunks=(64, 64), dtype="uint8")[:] = 7
+    ok = tmp_path / "ok" / "h.zarr"
+    shutil.copytree(slide / "zarr" / "slide.zarr", ok)
+    run_bundle(
+        "run",
+        "--config_file",
+        BLOCKS,
+        "--dataset_dir",
+        str(ok),
+        "--output_dir",
+        str(tmp_path / "o2"),
+        "--objects",
+        "false",
+    )
+    before = _zarr(tmp_path / "o2" / "h_seg.zarr")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            BLOCKS,
+            "--dataset_dir",
+            str(tmp_path / "other" / "h.zarr"),
+            "--output_dir",
+            str(tmp_path / "o2"),
+            "--objects",
+            "false",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "holds a block-wise run of" in proc.stderr
+    assert np.array_equal(_zarr(tmp_path / "o2" / "h_seg.zarr"), before)
+    assert json.loads((tmp_path / "o2" / ".h_blocks" / "run.json").read_text())["fingerprint"]["input"].endswith(
+        "ok/h.zarr"
+    )
