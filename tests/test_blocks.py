@@ -18,7 +18,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 from PIL import Image
 
-from conftest import BUNDLE, run_bundle
+from conftest import BUNDLE, GET_DATA, SHARED_DATA, run_bundle
 from scripts import InputError
 from scripts.blocks import BlockGrid, default_block_shape, open_array
 
@@ -249,6 +249,30 @@ def test_bad_arrays_get_errors_naming_the_array_and_block(slide, tmp_path):
     )
     assert proc.returncode == 1
     assert "h.zarr: chunk(s) [(1, 1)] missing from the array, needed by block 0 [0:256, 0:256]" in proc.stderr
+    # a chunk that exists but does not decode
+    chunk.write_bytes(b"not a zstd frame")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            BLOCKS,
+            "--dataset_dir",
+            str(holey),
+            "--output_dir",
+            str(tmp_path / "o3"),
+            "--block_shape",
+            "[256,256]",
+            "--objects",
+            "false",
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "h.zarr: block 0 [0:256, 0:256] cannot be read" in proc.stderr
     # another input of the same name into an output_dir that holds a run: refused, the earlier output untouched
     (tmp_path / "other").mkdir()
     zarr.create_array(str(tmp_path / "other" / "h.zarr"), shape=(64, 64), chunks=(64, 64), dtype="uint8")[:] = 7
@@ -290,3 +314,56 @@ def test_bad_arrays_get_errors_naming_the_array_and_block(slide, tmp_path):
     assert json.loads((tmp_path / "o2" / ".h_blocks" / "run.json").read_text())["fingerprint"]["input"].endswith(
         "ok/h.zarr"
     )
+
+
+def test_em3d_blockwise_volume_matches_whole_volume_with_3d_objects(tmp_path):
+    """The 3D preset on a crop of VNC validation sections 10-15 (a zarr (Z, Y, X) of 6 x 320 x 288), block-wise in
+    2 x 2 x 2 blocks and whole through inference.json (the same crop as a TIFF stack), one pass."""
+    import tifffile
+
+    vnc = SHARED_DATA / "drosophila_vnc_sstem" / "stack1" / "raw"
+    if not vnc.is_dir():
+        pytest.skip(f"needs the Drosophila VNC stack at {vnc.parent}: set R2ATTUNET_DATA, or {GET_DATA['vnc']}")
+    volume = np.stack([tifffile.imread(vnc / f"{k}.tif") for k in range(10, 16)])[:, 300:620, 400:688]
+    z = zarr.create_array(
+        str(tmp_path / "in" / "crop.zarr"), shape=volume.shape, chunks=(3, 160, 144), dtype=volume.dtype
+    )
+    z[:] = volume
+    (tmp_path / "tif").mkdir()
+    tifffile.imwrite(tmp_path / "tif" / "crop.tif", volume)
+    em3d = "['configs/inference.json','configs/em3d.json','configs/blocks.json']"
+    run_bundle(
+        "run",
+        "--config_file",
+        em3d,
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "blocks"),
+        "--tta",
+        "false",
+        "--block_shape",
+        "[3,160,144]",
+    )
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/em3d.json']",
+        "--dataset_dir",
+        str(tmp_path / "tif"),
+        "--output_dir",
+        str(tmp_path / "whole"),
+        "--tta",
+        "false",
+        "--progress_bar",
+        "false",
+    )
+    seg, whole = _zarr(tmp_path / "blocks" / "crop_seg.zarr"), tifffile.imread(tmp_path / "whole" / "crop_seg.tif")
+    assert seg.shape == whole.shape == (6, 320, 288) and 0.01 < (seg > 0).mean() < 0.5
+    assert (seg != whole).sum() <= 0.0001 * seg.size
+    ids, whole_ids = _zarr(tmp_path / "blocks" / "crop_instances.zarr"), tifffile.imread(
+        tmp_path / "whole" / "crop_instances.tif"
+    )
+    assert ids.max() == whole_ids.max() and ((ids > 0) == (whole_ids > 0)).all()  # 3D objects joined across blocks
+    rows = (tmp_path / "blocks" / "crop_objects.csv").read_text().splitlines()
+    assert rows[0].startswith("id,area,centroid_z,centroid_y,centroid_x,bbox_z_min") and len(rows) == ids.max() + 1

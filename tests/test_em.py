@@ -216,10 +216,11 @@ def test_inference_keeps_shape_orientation_and_geometry(preset, tta, isbi_pages,
     tifffile.imwrite(src / "stack.tif", zyx, photometric="minisblack")
     affine = np.array([[0.0046, 0, 0, 10], [0, 0.0046, 0, -5], [0, 0, 0.05, 2], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(np.transpose(zyx, (2, 1, 0)), affine), src / "vol.nii.gz")
-    files = ["stack_seg.tif", "vol_seg.nii.gz"]
+    files = ["stack_seg.tif", "vol_seg.nii.gz", "summary.csv"]
+    files += ["stack_instances.tif", "stack_objects.csv", "vol_instances.nii.gz", "vol_objects.csv"]
     if preset == "em2d":
         Image.fromarray(zyx[0]).save(src / "one.png")
-        files.append("one_seg.png")
+        files += ["one_seg.png", "one_instances.png", "one_objects.csv"]
     run_bundle(
         "run",
         "--config_file",
@@ -233,8 +234,18 @@ def test_inference_keeps_shape_orientation_and_geometry(preset, tta, isbi_pages,
         "false",
         "--tta",
         tta,
+        "--min_object_size",
+        "0",
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
+    # objects in the input's format: neuron segments section by section (em2d), 3D objects (em3d)
+    ids = tifffile.imread(tmp_path / "out" / "stack_instances.tif")
+    assert ids.shape == zyx.shape and ids.max() > 1
+    assert np.allclose(nib.load(tmp_path / "out" / "vol_instances.nii.gz").affine, affine)
+    header = (tmp_path / "out" / "vol_objects.csv").read_text().splitlines()[0]
+    assert header.startswith("id,area,centroid_z,centroid_y,centroid_x") and header.endswith(
+        ",volume"
+    )  # no unit in this header
     seg = tifffile.imread(tmp_path / "out" / "stack_seg.tif")
     assert seg.dtype == np.uint8 and seg.shape == zyx.shape
     assert np.array_equal(seg, _identity_expectation(zyx))

@@ -535,7 +535,9 @@ class BlockInference:
         try:
             image = _read(arr, info, region).astype(np.float32)
         except Exception as e:
-            raise InputError(f"{path}: block {i} {_fmt(region)} cannot be read ({type(e).__name__}: {e}).") from e
+            raise InputError(
+                f"{path}: block {i} {_fmt(block)} cannot be read (its region {_fmt(region)}: {type(e).__name__}: {e})."
+            ) from e
         image = (image - run["mean"]) / (run["std"] if run["std"] > 0 else 1.0)
         x = _torch_axes(image)[None, None].to(self.device)
         with torch.no_grad():

@@ -64,7 +64,7 @@ def complement(keys: Sequence[str] = ("pred", "label")) -> Callable[[Sequence[di
     return _transform
 
 
-def _segments(boundary: np.ndarray) -> np.ndarray:
+def boundary_regions(boundary: np.ndarray) -> np.ndarray:
     """Connected components (face connectivity) of the non-boundary pixels: 0 on the boundary, 1..n the regions."""
     return ndimage.label(~boundary)[0]
 
@@ -91,8 +91,8 @@ def rand_info_scores(pred: np.ndarray, label: np.ndarray, segments: bool = False
 
 def region_pairs(pred: np.ndarray, label: np.ndarray, segments: bool = False) -> np.ndarray:
     """``(2, n)`` int64: the predicted and true region of each counted pixel (see :func:`rand_info_scores`)."""
-    seg_true = _segments(np.asarray(label) > 0)
-    seg_pred = np.asarray(pred).astype(np.int64) if segments else _segments(np.asarray(pred) > 0)
+    seg_true = boundary_regions(np.asarray(label) > 0)
+    seg_pred = np.asarray(pred).astype(np.int64) if segments else boundary_regions(np.asarray(pred) > 0)
     seg_pred = join_boundaries(seg_pred)
     mask = seg_true > 0
     return np.stack([seg_pred[mask], seg_true[mask]]).astype(np.int64)

@@ -123,6 +123,7 @@ def _keep_merged(rag: graph.RAG, src: int, dst: int) -> None:
 
 
 def _segments_2d(boundary_prob: np.ndarray, sigma: float, h: float, merge_threshold: float) -> np.ndarray:
+    boundary_prob = np.round(boundary_prob * 255) / 255  # 256 levels, as <stem>_prob.png holds them
     landscape = ndimage.gaussian_filter(boundary_prob, sigma) if sigma > 0 else boundary_prob
     regions = watershed(landscape, markers=connected_components(h_minima(landscape, h).astype(bool)))
     if merge_threshold > 0 and regions.max() > 1:
@@ -157,7 +158,10 @@ def segments_from_boundaries(
     pixels is flooded (scikit-image's ``watershed``) from its regional minima of depth at least ``h``
     (``h_minima``), which over-segments; then neighbouring regions whose shared boundary has a mean (unsmoothed)
     probability below ``merge_threshold`` are merged, weakest boundary first (``graph.rag_boundary`` and
-    ``merge_hierarchical``; ``0`` merges nothing).
+    ``merge_hierarchical``; ``0`` merges nothing). The probability is first rounded to 256 levels (as
+    ``<stem>_prob.png`` stores it): in float, minima at the noise level seed fragments inside the membranes that
+    no boundary merge removes (ISBI 2012 slices 20-24: V_rand 0.963 in float against 0.977 rounded, with the
+    parameters chosen on the training slices' rounded probabilities).
     """
     prob = np.asarray(boundary_prob, dtype=np.float32)
     if prob.ndim == 2:

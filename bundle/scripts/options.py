@@ -32,7 +32,9 @@ MEANINGS = {
     "precision": "auto (bf16/fp16 where the device has it, else fp32), bf16, fp16 or fp32",
     "ensemble": "inference/evaluation: average the checkpoint ensemble in models/ensemble (slower) instead of model.pt",
     "tta": "test-time flips: average the predictions of the flipped inputs",
-    "objects": "nuclei: also answer with objects (instance labels, per-object CSV, counts); false in the EM presets",
+    "objects": "also answer with objects (instance labels, per-object CSV, counts): nuclei, EM neurons, mitochondria",
+    "instance_method": "objects: nuclei (seeded watershed), neurons (membrane watershed + merge), components (3D)",
+    "merge_threshold": "neurons: merge neighbouring segments whose shared boundary has a mean probability below this",
     "save_overlay": "inference: also write <name>_overlay.png, the image with the result drawn over it",
     "save_probabilities": "inference: also write <name>_prob.png, the probabilities",
     "threshold": "probability above which a pixel is foreground",
@@ -54,6 +56,8 @@ MEANINGS = {
     "memory_saving": "training: recompute activations instead of storing them (less memory, slower)",
     "seed": "random seed",
     "val_fraction": "share of a plain datalist used for validation",
+    "block_shape": "blocks.json: block size in the file's axes (default: about 8 windows a side, whole chunks)",
+    "allow_missing_chunks": "blocks.json: read chunks missing from a zarr store as its fill value instead of stopping",
 }
 
 # what ``monai.bundle run`` itself takes besides config ids

@@ -39,7 +39,7 @@ from PIL import Image
 
 from scripts import quiet
 from scripts.data import load_datalist
-from scripts.evaluation import pooled_rand_info, region_pairs
+from scripts.evaluation import boundary_regions, pooled_rand_info, region_pairs
 from scripts.instances import DSB_THRESHOLDS, as_instances, iou_matrix, matching_ratios, outline_objects
 
 __all__ = [
@@ -265,6 +265,33 @@ def plot_instances(
     _plot_grid(rows, out_file, panel=4, dpi=80, fontsize=9)
 
 
+def plot_segments(items: list[dict], pred_dir: str | os.PathLike, out_file: str | os.PathLike, count: int = 2) -> None:
+    """Neurons: for ``count`` images, the image, the true neurons (regions between the labelled membranes) and the
+    predicted segments (``<stem>_instances.png``), each region in its own colour, with the image's V_rand and V_info."""
+    from skimage.color import label2rgb
+
+    rows = []
+    for it in items[:count]:
+        stem = Path(it["image"]).stem
+        image = np.asarray(Image.open(it["image"]).convert("L")).astype(np.float32) / 255
+        membrane = np.asarray(Image.open(it["label"]).convert("L")) > 0
+        true = boundary_regions(membrane)
+        pred = np.asarray(Image.open(Path(pred_dir) / f"{stem}_instances.png")).astype(np.int64)
+        v_rand, v_info = pooled_rand_info([region_pairs(pred, membrane, segments=True)])
+        rows.append(
+            [
+                (image, "gray", stem),
+                (label2rgb(true, image, bg_label=0, alpha=0.5), None, f"true neurons: {int(true.max())}"),
+                (
+                    label2rgb(pred, image, bg_label=0, alpha=0.5),
+                    None,
+                    f"segments: {int(pred.max())}, V_rand {v_rand:.3f}, V_info {v_info:.3f}",
+                ),
+            ]
+        )
+    _plot_grid(rows, out_file, panel=4, dpi=70, fontsize=9)
+
+
 def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike) -> dict:
     """Training loss (per epoch mean) and validation Dice per epoch from TensorBoard event files."""
     import matplotlib
@@ -392,7 +419,10 @@ def main(
     report = {"split": key, "objects": objects, "scores": score_predictions(items, pred_dir, objects)}
     plot_examples(items, pred_dir, out_dir / "examples.png")
     if all((Path(pred_dir) / f"{Path(it['image']).stem}_instances.png").is_file() for it in items):
-        plot_instances(items, pred_dir, out_dir / "instances.png")
+        if objects == "neurons":
+            plot_segments(items, pred_dir, out_dir / "segments.png")
+        else:
+            plot_instances(items, pred_dir, out_dir / "instances.png")
     if tb_dir:
         report["training"] = plot_training_curves(tb_dir, out_dir / "training_curves.png")
     (out_dir / "report.json").write_text(json.dumps(report, indent=4))
@@ -426,15 +456,18 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
     mask's connected components; with ``image``, a figure ``out`` (PNG) of ``sections`` evenly spaced sections: image,
     ground truth, then each prediction's errors (green: true positive, red: false positive, blue: false negative)."""
     import nibabel as nib
+    from skimage.color import label2rgb
 
     preds = _named_paths(preds, "preds")
     truth = np.asarray(nib.load(label).dataobj) > 0
     volumes_ = {name: np.asarray(nib.load(path).dataobj) > 0 for name, path in preds.items()}
     report = {name: score_volume(v, truth) for name, v in volumes_.items()}
+    instances_ = {}
     for name, path in preds.items():  # 3D objects: <stem>_instances beside <stem>_seg, and connected components
         instances = Path(str(path).replace("_seg.", "_instances."))
         if instances.is_file() and instances != Path(path):
-            report[name].update(_f1_scores(object_counts(np.asarray(nib.load(instances).dataobj), truth)))
+            instances_[name] = np.asarray(nib.load(instances).dataobj)
+            report[name].update(_f1_scores(object_counts(instances_[name], truth)))
         report[name].update(_f1_scores(object_counts(volumes_[name], truth), "connected components: "))
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,6 +486,12 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
                 p = v[..., z].T
                 iou = (p & t).sum() / max((p | t).sum(), 1)
                 panels.append((_errors(p, t), None, f"{name}, IoU {iou:.3f}"))
+                if name in instances_:
+                    objects = instances_[name][..., z].T
+                    title = f"{name}: 3D objects (F1 {report[name]['object F1']:.3f})"
+                    section = img[..., z].T.astype(np.float64)
+                    section = (section - section.min()) / max(float(np.ptp(section)), 1e-8)
+                    panels.append((label2rgb(objects, section, bg_label=0, alpha=0.45), None, title))
             rows.append(panels)
         _plot_grid(rows, out_path, panel=4, dpi=60, fontsize=10)
     return report

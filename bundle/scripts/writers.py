@@ -171,7 +171,8 @@ class SaveObjectsd(SaveImaged):
     - ``<stem>_objects.csv``: one row per object (:func:`scripts.instances.object_table`): ``id``, ``area`` (pixels or
       voxels), ``centroid_*`` and ``bbox_*_min/max`` in the file's axes (``y, x`` for images, ``z, y, x`` for stacks
       and volumes; max exclusive), ``equivalent_diameter`` (pixels), ``mean_intensity`` of ``image_key``, and for
-      a NIfTI input ``volume_<unit>3`` (voxels times the header's voxel size, in its spatial unit, e.g. ``um``);
+      a NIfTI input ``volume_<unit>3`` (voxels times the header's voxel size, in its spatial unit, e.g. ``um``;
+      ``volume`` when the header gives no unit);
       the header alone for an input without objects;
     - ``summary.csv``: ``image,objects``, one row per input of this and earlier runs into ``output_dir``, updated.
 
@@ -240,7 +241,7 @@ class SaveObjectsd(SaveImaged):
             spacing, unit = _voxel_size(instances.meta, ids.ndim)
             table = object_table(ids.T, image, spacing)  # the file's axes: (y, x) or (z, y, x)
             columns = _named_columns(table, ids.ndim)
-            if "volume" in columns:
+            if "volume" in columns and unit:
                 columns[f"volume_{unit}3"] = columns.pop("volume")
             write_text_atomic(_csv_text(columns), self._path(source, "objects", ".csv"))
             self._update_summary(source, count)
@@ -256,7 +257,7 @@ def _voxel_size(meta: Mapping, ndim: int) -> tuple[tuple[float, ...] | None, str
     if "pixdim" not in meta:
         return None, ""
     pixdim = np.asarray(meta["pixdim"], dtype=np.float64).ravel()[1 : ndim + 1]
-    unit = _NIFTI_UNITS.get(int(np.asarray(meta.get("xyzt_units", 0)).ravel()[0]) & 7, "unit")
+    unit = _NIFTI_UNITS.get(int(np.asarray(meta.get("xyzt_units", 0)).ravel()[0]) & 7, "")
     return tuple(float(v) for v in pixdim[::-1]), unit
 
 
