@@ -120,7 +120,8 @@ def test_rand_info_scores_match_the_challenge_definitions(isbi_pages):
         v_rand, v_info = rand_info_scores(pred, membrane)
         # predicted boundary pixels join their nearest region, as the challenge's thinning does
         truth, segs = ndimage.label(~membrane)[0], join_boundaries(ndimage.label(~pred)[0])
-        assert v_rand == pytest.approx(1 - adapted_rand_error(truth, segs, ignore_labels=(0,))[0], abs=1e-6)
+        # scikit-image leaves out self-pairs (n from each sum of squares): equal up to that
+        assert v_rand == pytest.approx(1 - adapted_rand_error(truth, segs, ignore_labels=(0,))[0], abs=1e-4)
         assert 0 < v_rand < 1 and 0 < v_info < 1
     metric = ForegroundRandInfo("info")
     metric(

@@ -412,12 +412,32 @@ class BlockInference:
         _atomic_json(record, run)
         return run
 
+    def _read_block(
+        self, arr: zarr.Array, info: dict, grid: BlockGrid, i: int, region: tuple[slice, ...]
+    ) -> np.ndarray:
+        """``region`` of the input for block ``i``; errors name the array, the block and the chunks."""
+        block = grid.block_slices(i)
+        if not self.allow_missing_chunks:
+            lacking = missing_chunks(arr, info, region)
+            if lacking:
+                raise InputError(
+                    f"{info['path']}: chunk(s) {lacking[:4]}{' ...' if len(lacking) > 4 else ''} missing from the"
+                    f" array, needed by block {i} {_fmt(block)}; restore them or pass --allow_missing_chunks true."
+                )
+        try:
+            return _read(arr, info, region)
+        except Exception as e:
+            raise InputError(
+                f"{info['path']}: block {i} {_fmt(block)} cannot be read (its region {_fmt(region)}:"
+                f" {type(e).__name__}: {e})."
+            ) from e
+
     def _statistics(self, arr: zarr.Array, info: dict, grid: BlockGrid) -> tuple[float, float]:
         """Mean and standard deviation of the whole array (as ``NormalizeIntensityd`` of the whole-volume path), one
         block at a time."""
         total, total2, n = 0.0, 0.0, 0
         for i in range(len(grid)):
-            a = _read(arr, info, grid.block_slices(i)).astype(np.float64)
+            a = self._read_block(arr, info, grid, i, grid.block_slices(i)).astype(np.float64)
             total, total2, n = total + a.sum(), total2 + (a * a).sum(), n + a.size
         mean = total / max(n, 1)
         return mean, math.sqrt(max(total2 / max(n, 1) - mean * mean, 0.0))
@@ -525,19 +545,7 @@ class BlockInference:
         done_dir: Path,
     ) -> None:
         region, block = grid.region(i), grid.block_slices(i)
-        if not self.allow_missing_chunks:
-            lacking = missing_chunks(arr, info, region)
-            if lacking:
-                raise InputError(
-                    f"{path}: chunk(s) {lacking[:4]}{' ...' if len(lacking) > 4 else ''} missing from the array,"
-                    f" needed by block {i} {_fmt(block)}; restore them or pass --allow_missing_chunks true."
-                )
-        try:
-            image = _read(arr, info, region).astype(np.float32)
-        except Exception as e:
-            raise InputError(
-                f"{path}: block {i} {_fmt(block)} cannot be read (its region {_fmt(region)}: {type(e).__name__}: {e})."
-            ) from e
+        image = self._read_block(arr, info, grid, i, region).astype(np.float32)
         image = (image - run["mean"]) / (run["std"] if run["std"] > 0 else 1.0)
         x = _torch_axes(image)[None, None].to(self.device)
         with torch.no_grad():
