@@ -348,6 +348,8 @@ class BlockInference:
         if world > 1:
             import torch.distributed as dist
 
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)  # nccl's barriers use the current device
             if not dist.is_initialized():
                 dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
