@@ -75,7 +75,10 @@ def test_block_regions_hold_exactly_the_whole_volume_windows_that_touch_each_blo
     assert default_block_shape((40, 5000, 5000), (1, 512, 512), (1, 256, 256)) == (8, 2048, 2048)
 
 
-def test_blockwise_matches_whole_image_inference(slide, tmp_path):
+@pytest.fixture(scope="module")
+def blocks_256(slide, tmp_path_factory) -> Path:
+    """The slide segmented in 256x256 blocks by one process, with probabilities."""
+    out = tmp_path_factory.mktemp("blocks")
     run_bundle(
         "run",
         "--config_file",
@@ -83,12 +86,16 @@ def test_blockwise_matches_whole_image_inference(slide, tmp_path):
         "--dataset_dir",
         str(slide / "zarr"),
         "--output_dir",
-        str(tmp_path / "blocks"),
+        str(out),
         "--block_shape",
         "[256,256]",
         "--save_probabilities",
         "true",
     )
+    return out
+
+
+def test_blockwise_matches_whole_image_inference(slide, blocks_256, tmp_path):
     run_bundle(
         "run",
         "--config_file",
@@ -115,20 +122,20 @@ def test_blockwise_matches_whole_image_inference(slide, tmp_path):
         "--progress_bar",
         "false",
     )
-    seg, one = _zarr(tmp_path / "blocks" / "slide_seg.zarr"), _zarr(tmp_path / "one_block" / "slide_seg.zarr")
+    seg, one = _zarr(blocks_256 / "slide_seg.zarr"), _zarr(tmp_path / "one_block" / "slide_seg.zarr")
     whole = np.asarray(Image.open(tmp_path / "whole" / "slide_seg.png"))
     assert seg.shape == whole.shape == (520, 600) and seg.dtype == np.uint8
-    assert zarr.open(str(tmp_path / "blocks" / "slide_seg.zarr"), mode="r").chunks == (128, 128)
+    assert zarr.open(str(blocks_256 / "slide_seg.zarr"), mode="r").chunks == (128, 128)
     assert (seg != whole).sum() <= 10 and (seg != one).sum() <= 10  # bf16 rounding in the blending sums at most
-    prob, prob_one = _zarr(tmp_path / "blocks" / "slide_prob.zarr"), _zarr(tmp_path / "one_block" / "slide_prob.zarr")
+    prob, prob_one = _zarr(blocks_256 / "slide_prob.zarr"), _zarr(tmp_path / "one_block" / "slide_prob.zarr")
     assert np.abs(prob.astype(np.float32) - prob_one.astype(np.float32)).max() < 1e-3
-    ids, whole_ids = _zarr(tmp_path / "blocks" / "slide_instances.zarr"), np.asarray(
+    ids, whole_ids = _zarr(blocks_256 / "slide_instances.zarr"), np.asarray(
         Image.open(tmp_path / "whole" / "slide_instances.png")
     )
     assert ids.dtype == np.uint32 and ((ids > 0) == (seg > 0)).all()
     assert abs(int(ids.max()) - int(whole_ids.max())) <= 3  # objects cut by block borders are joined
     assert len(np.unique(ids[ids > 0])) == int(ids.max())  # ids 1..N, unique over the slide
-    rows = (tmp_path / "blocks" / "slide_objects.csv").read_text().splitlines()
+    rows = (blocks_256 / "slide_objects.csv").read_text().splitlines()
     assert rows[0].startswith("id,area,centroid_y,centroid_x,bbox_y_min") and len(rows) == int(ids.max()) + 1
     areas = {int(r.split(",")[0]): int(r.split(",")[1]) for r in rows[1:]}
     assert areas == {int(k): int(v) for k, v in zip(*np.unique(ids[ids > 0], return_counts=True), strict=True)}
@@ -156,7 +163,7 @@ def test_blockwise_resumes_after_sigkill(slide, tmp_path):
     assert np.array_equal(_zarr(out / "slide_seg.zarr"), _zarr(tmp_path / "ref" / "slide_seg.zarr"))
 
 
-def test_two_torchrun_processes_write_one_output(slide, tmp_path):
+def test_two_torchrun_processes_write_one_output(slide, blocks_256, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     cmd += ["-m", "monai.bundle", "run", "--config_file", BLOCKS, "--dataset_dir", str(slide / "zarr")]
     cmd += ["--block_shape", "[256,256]", "--output_dir", str(tmp_path / "two")]
@@ -165,21 +172,8 @@ def test_two_torchrun_processes_write_one_output(slide, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 process(es)" in proc.stdout + proc.stderr
-    run_bundle(
-        "run",
-        "--config_file",
-        BLOCKS,
-        "--dataset_dir",
-        str(slide / "zarr"),
-        "--block_shape",
-        "[256,256]",
-        "--output_dir",
-        str(tmp_path / "one"),
-    )
     for name in ("seg", "instances"):
-        assert np.array_equal(
-            _zarr(tmp_path / "two" / f"slide_{name}.zarr"), _zarr(tmp_path / "one" / f"slide_{name}.zarr")
-        )
+        assert np.array_equal(_zarr(tmp_path / "two" / f"slide_{name}.zarr"), _zarr(blocks_256 / f"slide_{name}.zarr"))
 
 
 def test_ome_zarr_in_ome_zarr_out_and_tiff_in_tiff_out(slide, tmp_path):

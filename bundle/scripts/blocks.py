@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
-from scipy import ndimage
 
 try:
     import zarr
@@ -38,6 +37,7 @@ except ImportError as e:  # zarr 2 (Python 3.10) or none
 
 from scripts import InputError
 from scripts.inferers import WholeImageInferer
+from scripts.instances import object_table
 from scripts.writers import write_text_atomic
 
 __all__ = [
@@ -658,29 +658,24 @@ def _fmt(slices: tuple[slice, ...]) -> str:
 
 
 def _accumulate(stats: dict[int, list], final: np.ndarray, origin: list[int]) -> None:
-    """Add each object's voxel count, coordinate sums and bounding box in this block (offset ``origin``)."""
+    """Add each object's voxel count, coordinate sums and bounding box in this block (offset ``origin``), measured
+    by :func:`scripts.instances.object_table` on the block's ids renumbered ``1..n``."""
     present = np.unique(final[final > 0])
     if present.size == 0:
         return
-    local = np.searchsorted(present, final) + 1
-    local[final == 0] = 0
-    counts = np.bincount(local.ravel(), minlength=present.size + 1)[1:]
-    index = np.arange(1, present.size + 1)
-    coords = []
-    for a, n in enumerate(final.shape):
-        along = np.arange(n).reshape([-1 if k == a else 1 for k in range(final.ndim)])
-        coords.append(ndimage.sum_labels(np.broadcast_to(along, final.shape), local, index))
-    boxes = ndimage.find_objects(local)
+    local = np.where(final > 0, np.searchsorted(present, final) + 1, 0)
+    table = object_table(local)
+    ndim = final.ndim
     for j, obj in enumerate(present.tolist()):
-        box = boxes[j]
-        lo = [b.start + o for b, o in zip(box, origin, strict=True)]
-        hi = [b.stop + o for b, o in zip(box, origin, strict=True)]
-        sums = [float(c[j]) + float(counts[j]) * o for c, o in zip(coords, origin, strict=True)]
+        n = float(table["area"][j])
+        sums = [(float(table[f"centroid-{a}"][j]) + o) * n for a, o in enumerate(origin)]
+        lo = [int(table[f"bbox-{a}"][j]) + o for a, o in enumerate(origin)]
+        hi = [int(table[f"bbox-{a + ndim}"][j]) + o for a, o in enumerate(origin)]
         if obj not in stats:
-            stats[obj] = [float(counts[j]), sums, lo, hi]
+            stats[obj] = [n, sums, lo, hi]
         else:
             s = stats[obj]
-            s[0] += float(counts[j])
+            s[0] += n
             s[1] = [x + y for x, y in zip(s[1], sums, strict=True)]
             s[2] = [min(x, y) for x, y in zip(s[2], lo, strict=True)]
             s[3] = [max(x, y) for x, y in zip(s[3], hi, strict=True)]

@@ -102,6 +102,11 @@ def instances_from_probabilities(
         instances = watershed(-landscape, markers=markers, mask=foreground)
         rest = connected_components(foreground & (instances == 0))
         instances = np.where(rest > 0, rest + instances.max(), instances)
+    return _drop_small(instances, min_size)
+
+
+def _drop_small(instances: np.ndarray, min_size: int) -> np.ndarray:
+    """``instances`` without the objects under ``min_size`` pixels, renumbered ``1..N`` (int32)."""
     if min_size > 0:
         small = np.bincount(instances.ravel()) < min_size
         small[0] = False
@@ -177,20 +182,10 @@ def segments_from_boundaries(
     return out
 
 
-def components(mask: np.ndarray, min_size: int = 0, split_h: float = 0.0, sigma: float = 1.0) -> np.ndarray:
+def components(mask: np.ndarray, min_size: int = 0) -> np.ndarray:
     """Objects of a binary mask (2D or 3D): its connected components (full connectivity, as :func:`as_instances`
-    takes a binary label), those under ``min_size`` pixels (voxels)
-    dropped; int32 ids ``1..N``. With ``split_h > 0`` touching objects are split by a watershed of the distance
-    transform seeded at its maxima of height at least ``split_h`` pixels (smoothed by ``sigma``)."""
-    if split_h > 0:
-        instances = instances_from_probabilities(mask, threshold=0.5, seeds="distance", h=split_h, sigma=sigma)
-    else:
-        instances = connected_components(np.asarray(mask) > 0)
-    if min_size > 0:
-        small = np.bincount(instances.ravel()) < min_size
-        small[0] = False
-        instances[small[instances]] = 0
-    return relabel_sequential(instances)[0].astype(np.int32)
+    takes a binary label), those under ``min_size`` pixels (voxels) dropped; int32 ids ``1..N``."""
+    return _drop_small(connected_components(np.asarray(mask) > 0), min_size)
 
 
 def join_boundaries(segments: np.ndarray) -> np.ndarray:
