@@ -238,3 +238,43 @@ def test_report_scores_figure_and_curves(trained, tmp_path):
     assert result["training"]["epochs"] == 2
     assert (tmp_path / "report" / "examples.png").stat().st_size > 0
     assert (tmp_path / "report" / "training_curves.png").stat().st_size > 0
+
+
+def test_ensemble_postprocessing_is_the_single_networks_after_the_mean():
+    from monai.transforms import Activationsd, AsDiscreted, Compose
+
+    from scripts.evaluation import ensemble_postprocessing
+
+    single = Compose([Activationsd("pred", sigmoid=True), AsDiscreted("pred", threshold=0.5)])
+    logits = {"pred0": torch.tensor([[2.0, -2.0]]), "pred1": torch.tensor([[-1.0, -3.0]])}
+    both = ensemble_postprocessing(["pred0", "pred1"], single)(dict(logits))
+    mean = (torch.sigmoid(logits["pred0"]) + torch.sigmoid(logits["pred1"])) / 2
+    assert torch.equal(both["pred"], (mean > 0.5).float())
+    one = ensemble_postprocessing(["pred0"], single)({"pred0": logits["pred0"]})
+    assert torch.equal(one["pred"], torch.tensor([[1.0, 0.0]]))
+    assert ensemble_postprocessing([], single) is single  # ensemble off
+    with pytest.raises(ValueError, match="sigmoid"):
+        ensemble_postprocessing(["pred0"], Compose([AsDiscreted("pred", threshold=0.5)]))
+
+
+def test_weights_loader_folds_once_and_keeps_the_weights_when_run_again(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.handlers import WeightsLoader
+    from scripts.networks import R2AttUNet
+
+    torch.manual_seed(0)
+    trained = R2AttUNet(2, 1, 2, channels=(4, 8, 16)).train()
+    trained(torch.rand(4, 1, 32, 32))  # running statistics away from their initial values
+    torch.save({"model": trained.state_dict()}, tmp_path / "model.pt")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        expected = trained.eval()(x)
+    net = R2AttUNet(2, 1, 2, channels=(4, 8, 16))
+    loader = WeightsLoader(str(tmp_path / "model.pt"), {"model": net}, fold_batch_norm=True)
+    engine = Engine(lambda e, b: None)
+    loader(engine)
+    loader(engine)  # an engine run again (MONAI Label, a second input) must not load into the folded network
+    with torch.no_grad():
+        assert torch.allclose(net(x), expected, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())

@@ -120,3 +120,13 @@ def test_memory_format_follows_the_cpu(caplog):
     assert memory_format(2, "cpu", "bf16") == torch.channels_last
     assert memory_format(3, "cpu") in (torch.channels_last_3d, torch.contiguous_format)
     assert "memory format" in caplog.text and ("bf16" in caplog.text or "fp32" in caplog.text)
+
+
+def test_keep_freed_memory_on_glibc_only_when_asked():
+    import platform
+
+    from scripts import keep_freed_memory
+
+    assert keep_freed_memory("false") is False
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory(True) is glibc

@@ -178,3 +178,24 @@ def test_memory_saving_off_in_eval_and_torchscript():
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fold_batch_norm_same_function_without_batch_norm(spatial_dims):
+    from scripts.networks import fold_batch_norm
+
+    torch.manual_seed(0)
+    net = R2AttUNet(spatial_dims, 1, 2, channels=(4, 8, 16)).eval()
+    for m in net.modules():  # trained-looking statistics, so that folding has something to fold
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(2, 1, *([16] * spatial_dims))
+    with torch.no_grad():
+        expected = net(x)
+        folded = fold_batch_norm(net)
+        out = folded(x)
+    assert folded is net
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    assert torch.allclose(out, expected, atol=1e-4 * expected.abs().max().item())

@@ -100,7 +100,13 @@ def _train_overrides(channels, size, batch, precision, memory_saving, compile, b
         overrides["device"] = f"$torch.device({str(device)!r})"
     if baseline:
         overrides.update(
-            {"precision": "fp32", "memory_format": "$torch.contiguous_format", "memory_saving": False, "compile": False}
+            {
+                "precision": "fp32",
+                "memory_format": "$torch.contiguous_format",
+                "memory_saving": False,
+                "compile": False,
+                "keep_freed_memory": False,
+            }
         )
     else:
         for key, value in (("precision", precision), ("memory_saving", memory_saving), ("compile", compile)):
@@ -429,8 +435,18 @@ def infer(
 
 # the inference modes compared by ``modes``: name -> overrides of configs/inference.json
 INFERENCE_MODES = {
-    "ensemble, windows (0.6 default)": {"ensemble": "True", "whole_image_max_pixels": "0"},
+    "ensemble, windows (0.6 default)": {
+        "ensemble": "True",
+        "whole_image_max_pixels": "0",
+        "fold_batch_norm": "False",
+        "keep_freed_memory": "False",
+    },
     "one network, windows": {"ensemble": "False", "whole_image_max_pixels": "0"},
+    "one network, whole images, BN unfolded, malloc as is (0.7 default)": {
+        "ensemble": "False",
+        "fold_batch_norm": "False",
+        "keep_freed_memory": "False",
+    },
     "one network, whole images (default)": {"ensemble": "False"},
     "ensemble, whole images": {"ensemble": "True"},
 }

@@ -35,9 +35,10 @@ try:
 except ImportError as e:  # zarr 2 (Python 3.10) or none
     raise ImportError("block-wise inference needs zarr 3 (Python 3.11 or later): pip install 'zarr>=3'") from e
 
-from scripts import InputError
+from scripts import InputError, as_bool
 from scripts.inferers import WholeImageInferer
 from scripts.instances import object_table
+from scripts.networks import fold_batch_norm
 from scripts.writers import write_text_atomic
 
 __all__ = [
@@ -309,6 +310,7 @@ class BlockInference:
         block_shape: block size in file axes (``None``: :func:`default_block_shape`), rounded up to whole chunks.
         allow_missing_chunks: read chunks absent from a zarr store as its fill value (default: an error naming the
             array and the block).
+        fold_batch_norm: fold the network's BatchNorm layers into its convolutions after loading the weights.
     """
 
     def __init__(
@@ -325,8 +327,10 @@ class BlockInference:
         save_probabilities: bool = False,
         allow_missing_chunks: bool = False,
         progress: bool = True,
+        fold_batch_norm: bool | str = False,
     ) -> None:
         self.dataset_dir, self.output_dir = dataset_dir, Path(output_dir)
+        self.fold_batch_norm = as_bool(fold_batch_norm)
         self.network, self.ckpt_path, self.inferer = network, ckpt_path, inferer
         self.device, self.threshold = torch.device(device), float(threshold)
         # objects under min_size are dropped after the objects cut by block borders are joined, not per block
@@ -366,6 +370,8 @@ class BlockInference:
             state = state["model"]
         self.network.load_state_dict(state)
         self.network.eval()
+        if self.fold_batch_norm:
+            fold_batch_norm(self.network)
 
     # ---- one input ------------------------------------------------------------------------------------------
     def __call__(self) -> list[str]:

@@ -30,7 +30,7 @@ from PIL import Image
 from scripts import InputError, as_bool
 from scripts.data import list_images, load_datalist
 
-__all__ = ["Problem", "check_image", "check_datalist", "check_dsb2018", "validated", "InputCheck"]
+__all__ = ["Problem", "check_image", "check_datalist", "check_dsb2018", "validated", "checked_split", "InputCheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +271,20 @@ def validated(
     if not kept:
         raise InputError(f"{what}: no valid sample left after skipping {len(skipped)}.")
     return kept
+
+
+def checked_split(
+    datalist: str | os.PathLike,
+    key: str = "training",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    skip_bad: bool | str = False,
+    spatial_dims: int = 2,
+) -> list[dict]:
+    """The ``key`` split of ``datalist`` (:func:`~scripts.data.load_datalist`), checked by :func:`validated`
+    (volumes allowed when ``spatial_dims`` is 3): what ``train.json``'s ``train_datalist`` and ``val_datalist`` hold."""
+    items = load_datalist(datalist, key, val_fraction=val_fraction, seed=seed)
+    return validated(items, skip_bad, f"{key} data", stacks=int(spatial_dims) == 3)
 
 
 OUTPUT_POSTFIXES = ("_seg", "_prob", "_overlay", "_instances")  # what inference.json writes next to <name>

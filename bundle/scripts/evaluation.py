@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from monai.handlers import from_engine
 from monai.metrics import CumulativeIterationMetric
+from monai.transforms import Activationsd, Compose, CopyItemsd, MeanEnsembled
 from scipy import ndimage
 
 from scripts import as_bool
 from scripts.instances import DSB_THRESHOLDS, join_boundaries, matching_ratios
+from scripts.networks import fold_batch_norm as fold
 from scripts.networks import mismatch_message
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "ForegroundRandInfo",
     "ObjectMatching",
     "pred_keys",
+    "ensemble_postprocessing",
     "pick",
     "image_meta",
     "run",
@@ -198,6 +201,21 @@ def pred_keys(networks: Sequence | None) -> list[str]:
     return [f"pred{i}" for i in range(len(networks or []))]
 
 
+def ensemble_postprocessing(keys: Sequence[str], postprocessing: Compose) -> Compose:
+    """The post-processing of a checkpoint ensemble whose networks write ``keys`` (:func:`pred_keys`): the sigmoid
+    of each output and their mean as ``pred`` (one network's output is copied to ``pred``), then ``postprocessing``,
+    the single network's, after its first transform (its own sigmoid of ``pred``). Empty ``keys`` (ensemble off):
+    ``postprocessing`` itself."""
+    keys = list(keys)
+    if not keys:
+        return postprocessing
+    first = postprocessing.transforms[0]
+    if not (isinstance(first, Activationsd) and all(first.sigmoid)):
+        raise ValueError(f"the post-processing must start with the sigmoid (Activationsd), got {first}.")
+    mean = MeanEnsembled(keys, output_key="pred") if len(keys) > 1 else CopyItemsd(keys, names="pred")
+    return Compose([Activationsd(keys, sigmoid=True), mean, *postprocessing.transforms[1:]])
+
+
 def pick(ensemble: bool | str, ensemble_evaluator: object, single_evaluator: object) -> object:
     """The evaluator that ``--ensemble`` chooses: the checkpoint ensemble's or the single network's."""
     return ensemble_evaluator if as_bool(ensemble) else single_evaluator
@@ -229,8 +247,11 @@ def ensemble_files(ensemble_dir: str) -> list[str]:
     return sorted(files, key=score, reverse=True)
 
 
-def load_ensemble(network: torch.nn.Module, ensemble_dir: str, device: str | torch.device) -> list[torch.nn.Module]:
-    """One copy of ``network`` per checkpoint in ``ensemble_dir``, weights loaded, in eval mode on ``device``."""
+def load_ensemble(
+    network: torch.nn.Module, ensemble_dir: str, device: str | torch.device, fold_batch_norm: bool | str = False
+) -> list[torch.nn.Module]:
+    """One copy of ``network`` per checkpoint in ``ensemble_dir``, weights loaded, in eval mode on ``device``;
+    with ``fold_batch_norm``, each copy's BatchNorm layers folded into its convolutions (inference only)."""
     members = []
     for f in ensemble_files(ensemble_dir):
         member = copy.deepcopy(network)
@@ -240,7 +261,7 @@ def load_ensemble(network: torch.nn.Module, ensemble_dir: str, device: str | tor
             member.load_state_dict(state)
         except RuntimeError as e:
             raise RuntimeError(mismatch_message(f, state, member)) from e
-        members.append(member.to(device).eval())
+        members.append((fold(member) if as_bool(fold_batch_norm) else member).to(device).eval())
     return members
 
 

@@ -20,7 +20,7 @@ from ignite.handlers import Checkpoint, DiskSaver, EMAHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from scripts import MissingInputError, as_bool
-from scripts.networks import mismatch_message
+from scripts.networks import fold_batch_norm, mismatch_message
 
 __all__ = [
     "SaverState",
@@ -188,9 +188,27 @@ class StopOnNonFiniteLoss:
 
 class WeightsLoader(CheckpointLoader):
     """MONAI's :class:`~monai.handlers.CheckpointLoader` whose error, when the weights do not fit the network,
-    says which configuration the weights belong to (width, input/output channels, dims, attention gates)."""
+    says which configuration the weights belong to (width, input/output channels, dims, attention gates).
+
+    ``fold_batch_norm``: after loading, fold the networks' BatchNorm layers into their convolutions
+    (:func:`~scripts.networks.fold_batch_norm`, inference only); an engine run again keeps the folded weights.
+    """
+
+    def __init__(self, *args: Any, fold_batch_norm: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fold_batch_norm = as_bool(fold_batch_norm)
+        self.folded = False
 
     def __call__(self, engine: Engine) -> None:
+        if self.folded:
+            return
+        self._load(engine)
+        if self.fold_batch_norm:
+            for net in self.load_dict.values():
+                fold_batch_norm(getattr(net, "module", net))
+            self.folded = True
+
+    def _load(self, engine: Engine) -> None:
         try:
             super().__call__(engine)
         except RuntimeError as e:

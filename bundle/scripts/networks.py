@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.utils.fusion
 import torch.utils.checkpoint
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Pool
@@ -33,6 +34,7 @@ __all__ = [
     "describe_state_dict",
     "mismatch_message",
     "inflate_state_dict",
+    "fold_batch_norm",
 ]
 
 
@@ -374,6 +376,51 @@ class R2AttUNet(nn.Module):
         for i, level in enumerate(self.decoder):
             x = level(x, skips[n - 2 - i])
         return self.head(x)
+
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _fold_pair(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
+    """``conv`` with eval-mode ``bn`` folded into its weights, or ``None`` if the pair is not conv + BatchNorm."""
+    if (
+        not isinstance(conv, _CONVS)
+        or not isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        or not bn.track_running_stats
+    ):
+        return None
+    transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    return torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval(), transpose=transposed)
+
+
+def fold_batch_norm(network: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a convolution into that convolution's weights and bias, in place,
+    for inference: ``conv -> BN`` becomes one convolution computing the same eval-mode function with one pass over
+    the activations less. Covers MONAI's :class:`~monai.networks.blocks.Convolution` (``conv`` then ``adn.N``) and
+    ``Sequential(Convolution(conv_only), BatchNorm)`` (:class:`~monai.networks.nets.attentionunet.AttentionBlock`).
+    Puts ``network`` in eval mode and returns it; its ``state_dict`` no longer holds the folded BatchNorm entries.
+    """
+    network.eval()
+    for module in list(network.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for a, b in zip(names[:-1], names[1:], strict=True):
+            first, second = module._modules[a], module._modules[b]
+            if isinstance(second, nn.Sequential) and "N" in second._modules and list(second._modules)[0] == "N":
+                fused = _fold_pair(first, second._modules["N"])  # MONAI Convolution: conv, then adn = (N, A, ...)
+                if fused is not None:
+                    module._modules[a], second._modules["N"] = fused, nn.Identity()
+                continue
+            if isinstance(first, Convolution) and list(first._modules) == ["conv"]:
+                fused = _fold_pair(first._modules["conv"], second)  # Sequential(Convolution(conv_only), BN)
+                if fused is not None:
+                    first._modules["conv"], module._modules[b] = fused, nn.Identity()
+                continue
+            fused = _fold_pair(first, second)
+            if fused is not None:
+                module._modules[a], module._modules[b] = fused, nn.Identity()
+    return network
 
 
 def describe_state_dict(state: dict) -> str:

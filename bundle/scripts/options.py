@@ -32,6 +32,8 @@ MEANINGS = {
     "precision": "auto (bf16/fp16 where the device has it, else fp32), bf16, fp16 or fp32",
     "ensemble": "inference/evaluation: average the checkpoint ensemble in models/ensemble (slower) instead of model.pt",
     "tta": "test-time flips: average the predictions of the flipped inputs",
+    "fold_batch_norm": "inference: fold BatchNorm into the convolutions after loading the weights (same result, faster)",
+    "keep_freed_memory": "Linux: glibc malloc reuses freed memory instead of fresh pages (faster CPU passes)",
     "objects": "also answer with objects (instance labels, per-object CSV, counts): nuclei, EM neurons, mitochondria",
     "instance_method": "objects: nuclei (seeded watershed), neurons (membrane watershed + merge), components (3D)",
     "merge_threshold": "neurons: merge neighbouring segments whose shared boundary has a mean probability below this",

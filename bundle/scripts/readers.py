@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from monai.data import ImageReader
+from monai.data import ImageReader, NibabelReader, PILReader
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys
 from PIL import Image
 
+from scripts import as_bool
 from scripts.data import to_grayscale
 
-__all__ = ["STACK_SUFFIXES", "StackReader", "read_stack"]
+__all__ = ["STACK_SUFFIXES", "StackReader", "read_stack", "image_reader"]
 
 STACK_SUFFIXES = ("tif", "tiff", "png", "jpg", "jpeg", "bmp")
 
@@ -99,3 +100,11 @@ class StackReader(ImageReader):
             "stack": zyx.shape[0] > 1,
         }
         return xyz, meta
+
+
+def image_reader(stacks: bool | str = False) -> ImageReader | list[ImageReader]:
+    """The reader(s) of ``LoadImaged`` for the inputs: 2D images as grayscale ``(X, Y)`` (``PILReader``), or with
+    ``stacks`` NIfTI volumes and TIFF/PNG stacks as ``(X, Y, Z)`` (``NibabelReader``, :class:`StackReader`)."""
+    if as_bool(stacks):
+        return [NibabelReader(), StackReader()]
+    return PILReader(converter=to_grayscale)

@@ -20,9 +20,17 @@ from monai.data.utils import create_file_basename
 from monai.transforms import SaveImage, SaveImaged
 from PIL import Image
 
+from scripts import as_bool
 from scripts.instances import object_table
 
-__all__ = ["atomic_path", "write_text_atomic", "AtomicPILWriter", "AtomicStackWriter", "SaveObjectsd"]
+__all__ = [
+    "atomic_path",
+    "write_text_atomic",
+    "AtomicPILWriter",
+    "AtomicStackWriter",
+    "image_writer",
+    "SaveObjectsd",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +169,12 @@ class AtomicStackWriter(ImageWriter):
             self._save(data, str(tmp), tmp_suffix, rgb)
         if verbose:
             logger.info(f"writing: {path}")
+
+
+def image_writer(stacks: bool | str = False) -> type[ImageWriter]:
+    """The writer class of ``SaveImaged`` for the outputs: PNG (:class:`AtomicPILWriter`) for 2D images, or with
+    ``stacks`` the input's own format (:class:`AtomicStackWriter`: NIfTI, TIFF stack or PNG)."""
+    return AtomicStackWriter if as_bool(stacks) else AtomicPILWriter
 
 
 class SaveObjectsd(SaveImaged):
