@@ -36,6 +36,7 @@ except ImportError as e:  # zarr 2 (Python 3.10) or none
     raise ImportError("block-wise inference needs zarr 3 (Python 3.11 or later): pip install 'zarr>=3'") from e
 
 from scripts import InputError, as_bool
+from scripts.distributed import init_processes
 from scripts.inferers import WholeImageInferer
 from scripts.instances import object_table
 from scripts.networks import fold_batch_norm
@@ -48,7 +49,6 @@ __all__ = [
     "BlockGrid",
     "default_block_shape",
     "BlockInference",
-    "process_device",
 ]
 
 logger = logging.getLogger(__name__)
@@ -245,13 +245,6 @@ class BlockGrid:
         return tuple(out)
 
 
-def process_device() -> torch.device:
-    """This process's device: ``cuda:<LOCAL_RANK>`` under ``torchrun`` with GPUs, ``cuda`` or ``cpu`` otherwise."""
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    return torch.device("cpu")
-
-
 def _torch_axes(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(tuple(range(a.ndim))[::-1])))
 
@@ -348,15 +341,10 @@ class BlockInference:
 
     # ---- processes -------------------------------------------------------------------------------------------
     def _start_processes(self) -> None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             import torch.distributed as dist
 
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)  # nccl's barriers use the current device
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            self.rank, self.world = init_processes(self.device), dist.get_world_size()
 
     def _barrier(self) -> None:
         if self.world > 1:

@@ -102,9 +102,10 @@ class StackReader(ImageReader):
         return xyz, meta
 
 
-def image_reader(stacks: bool | str = False) -> ImageReader | list[ImageReader]:
-    """The reader(s) of ``LoadImaged`` for the inputs: 2D images as grayscale ``(X, Y)`` (``PILReader``), or with
-    ``stacks`` NIfTI volumes and TIFF/PNG stacks as ``(X, Y, Z)`` (``NibabelReader``, :class:`StackReader`)."""
-    if as_bool(stacks):
+def image_reader(stacks: bool | str = False, spatial_dims: int = 2) -> ImageReader | list[ImageReader]:
+    """The reader(s) of ``LoadImaged``: 2D images as grayscale ``(X, Y)`` (``PILReader``), or, with ``stacks`` or
+    ``spatial_dims`` 3, NIfTI volumes and TIFF/PNG stacks as ``(X, Y, Z)`` (``NibabelReader``, :class:`StackReader`).
+    """
+    if as_bool(stacks) or int(spatial_dims) == 3:
         return [NibabelReader(), StackReader()]
     return PILReader(converter=to_grayscale)
