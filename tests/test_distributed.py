@@ -112,3 +112,21 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
     )
     rows = (tmp_path / "eval" / "best" / "val_mean_dice_raw.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4  # every validation image, gathered from both processes
+
+
+def test_helpers_outside_a_process_group():
+    from scripts.distributed import device_ids, other_rank, process_device, rank, rank_handlers
+
+    assert rank() == 0 and not other_rank()  # no group: this process is rank 0
+    assert rank_handlers(["stop", "validate", "log"], keep=2) == ["stop", "validate", "log"]
+    assert rank_handlers(None) is None
+    assert device_ids(torch.device("cpu")) is None and device_ids(torch.device("cuda:1")) == [torch.device("cuda:1")]
+    assert process_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_rank_handlers_on_other_ranks(monkeypatch):
+    import scripts.distributed as distributed
+
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert distributed.rank_handlers(["stop", "validate", "log"], keep=2) == ["stop", "validate"]
+    assert distributed.rank_handlers(["log"]) is None and distributed.other_rank()
