@@ -433,17 +433,20 @@ def infer(
     return result
 
 
-# the inference modes compared by ``modes``: name -> overrides of configs/inference.json
+# the inference modes compared by ``modes``: name -> overrides of configs/inference.json; the first two rows run
+# what 0.6 and 0.7 ran (0.6: channels-last on every CPU; 0.7 and 0.8: contiguous fp32 on CPUs without bf16)
 INFERENCE_MODES = {
     "ensemble, windows (0.6 default)": {
         "ensemble": "True",
         "whole_image_max_pixels": "0",
+        "memory_format": "$torch.channels_last",
         "fold_batch_norm": "False",
         "keep_freed_memory": "False",
     },
     "one network, windows": {"ensemble": "False", "whole_image_max_pixels": "0"},
-    "one network, whole images, BN unfolded, malloc as is (0.7 default)": {
+    "one network, whole images, contiguous, BN unfolded, malloc as is (0.7 default)": {
         "ensemble": "False",
+        "memory_format": "$torch.contiguous_format",
         "fold_batch_norm": "False",
         "keep_freed_memory": "False",
     },
