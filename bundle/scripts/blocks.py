@@ -39,7 +39,7 @@ from scripts import InputError, as_bool
 from scripts.distributed import init_processes
 from scripts.inferers import WholeImageInferer
 from scripts.instances import object_table
-from scripts.networks import fold_batch_norm
+from scripts.networks import load_weights
 from scripts.writers import write_text_atomic
 
 __all__ = [
@@ -353,13 +353,7 @@ class BlockInference:
             dist.barrier()
 
     def _load_weights(self) -> None:
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        self.network.load_state_dict(state)
-        self.network.eval()
-        if self.fold_batch_norm:
-            fold_batch_norm(self.network)
+        load_weights(self.network, self.ckpt_path, "cpu", self.fold_batch_norm)
 
     # ---- one input ------------------------------------------------------------------------------------------
     def __call__(self) -> list[str]:

@@ -63,6 +63,6 @@ def other_rank() -> bool:
 def rank_handlers(handlers: Sequence[Any] | None, keep: int = 0) -> list[Any] | None:
     """``handlers`` on rank 0; on the other ranks only the first ``keep`` of them (those every process needs, such
     as the non-finite loss stop and the validation trigger), or ``None`` when ``keep`` is 0."""
-    if handlers is None or rank() == 0:
-        return None if handlers is None else list(handlers)
-    return list(handlers[:keep]) or None
+    if handlers is None:
+        return None
+    return list(handlers) if rank() == 0 else list(handlers[:keep]) or None

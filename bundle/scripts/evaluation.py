@@ -19,8 +19,7 @@ from scipy import ndimage
 
 from scripts import as_bool
 from scripts.instances import DSB_THRESHOLDS, join_boundaries, matching_ratios
-from scripts.networks import fold_batch_norm as fold
-from scripts.networks import mismatch_message
+from scripts.networks import load_weights
 
 __all__ = [
     "pixel_pairs",
@@ -254,14 +253,7 @@ def load_ensemble(
     with ``fold_batch_norm``, each copy's BatchNorm layers folded into its convolutions (inference only)."""
     members = []
     for f in ensemble_files(ensemble_dir):
-        member = copy.deepcopy(network)
-        state = torch.load(f, map_location=device, weights_only=True)
-        state = state.get("model", state) if isinstance(state, dict) else state
-        try:
-            member.load_state_dict(state)
-        except RuntimeError as e:
-            raise RuntimeError(mismatch_message(f, state, member)) from e
-        members.append((fold(member) if as_bool(fold_batch_norm) else member).to(device).eval())
+        members.append(load_weights(copy.deepcopy(network), f, device, fold_batch_norm).to(device))
     return members
 
 

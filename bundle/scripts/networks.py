@@ -10,6 +10,7 @@ R2AttU-Net, R2U-Net, the recurrent attention U-Net, the attention U-Net and the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,6 +36,7 @@ __all__ = [
     "mismatch_message",
     "inflate_state_dict",
     "fold_batch_norm",
+    "load_weights",
 ]
 
 
@@ -357,9 +359,7 @@ class R2AttUNet(nn.Module):
     def reset_parameters(self) -> None:
         """He-normal (fan-in, ReLU gain) convolution weights, zero biases, unit BN (paper section V.B)."""
         for m in self.modules():
-            if isinstance(
-                m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-            ):
+            if isinstance(m, nn.modules.conv._ConvNd):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -378,27 +378,22 @@ class R2AttUNet(nn.Module):
         return self.head(x)
 
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
 def _fold_pair(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
     """``conv`` with eval-mode ``bn`` folded into its weights, or ``None`` if the pair is not conv + BatchNorm."""
-    if (
-        not isinstance(conv, _CONVS)
-        or not isinstance(bn, nn.modules.batchnorm._BatchNorm)
-        or not bn.track_running_stats
-    ):
+    if not isinstance(conv, nn.modules.conv._ConvNd) or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         return None
-    transposed = isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-    return torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval(), transpose=transposed)
+    if not bn.track_running_stats:
+        return None
+    return torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), bn.eval(), transpose=conv.transposed)
 
 
 def fold_batch_norm(network: nn.Module) -> nn.Module:
     """Fold every BatchNorm that directly follows a convolution into that convolution's weights and bias, in place,
     for inference: ``conv -> BN`` becomes one convolution computing the same eval-mode function with one pass over
     the activations less. Covers MONAI's :class:`~monai.networks.blocks.Convolution` (``conv`` then ``adn.N``) and
-    ``Sequential(Convolution(conv_only), BatchNorm)`` (:class:`~monai.networks.nets.attentionunet.AttentionBlock`).
-    Puts ``network`` in eval mode and returns it; its ``state_dict`` no longer holds the folded BatchNorm entries.
+    ``Sequential(Convolution(conv_only), BatchNorm)`` (:class:`~monai.networks.nets.attentionunet.AttentionBlock`),
+    every pair of :class:`R2AttUNet`. Puts ``network`` in eval mode and returns it; its ``state_dict`` no longer
+    holds the folded BatchNorm entries.
     """
     network.eval()
     for module in list(network.modules()):
@@ -407,20 +402,32 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
         names = list(module._modules)
         for a, b in zip(names[:-1], names[1:], strict=True):
             first, second = module._modules[a], module._modules[b]
-            if isinstance(second, nn.Sequential) and "N" in second._modules and list(second._modules)[0] == "N":
+            if isinstance(second, nn.Sequential) and list(second._modules)[:1] == ["N"]:
                 fused = _fold_pair(first, second._modules["N"])  # MONAI Convolution: conv, then adn = (N, A, ...)
                 if fused is not None:
                     module._modules[a], second._modules["N"] = fused, nn.Identity()
-                continue
-            if isinstance(first, Convolution) and list(first._modules) == ["conv"]:
+            elif isinstance(first, Convolution) and list(first._modules) == ["conv"]:
                 fused = _fold_pair(first._modules["conv"], second)  # Sequential(Convolution(conv_only), BN)
                 if fused is not None:
                     first._modules["conv"], module._modules[b] = fused, nn.Identity()
-                continue
-            fused = _fold_pair(first, second)
-            if fused is not None:
-                module._modules[a], module._modules[b] = fused, nn.Identity()
     return network
+
+
+def load_weights(
+    network: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu", fold: bool | str = False
+) -> nn.Module:
+    """Load the weights at ``path`` (a ``state_dict``, or a checkpoint holding one under ``model``) into ``network``
+    and put it in eval mode, with BatchNorm folded (:func:`fold_batch_norm`) when ``fold`` is set. Weights that do
+    not fit raise an error naming the configuration they belong to (:func:`mismatch_message`)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        raise RuntimeError(mismatch_message(path, state, network)) from e
+    network.eval()
+    return fold_batch_norm(network) if as_bool(fold) else network
 
 
 def describe_state_dict(state: dict) -> str:
