@@ -115,11 +115,15 @@ def test_memory_format_follows_the_cpu(caplog):
     scripts.inferers._LOGGED.clear()  # the choice is logged once per process
     with caplog.at_level("INFO", logger="scripts.inferers"):
         fmt = memory_format(2, "cpu")
+        # inference: channels-last at every precision (fp32 too: no backward pass, whose channels-last kernels are
+        # slow on CPUs without bf16)
+        assert memory_format(2, "cpu", "fp32", training=False) == torch.channels_last
+        assert memory_format(3, "cpu", "fp32", training=False) == torch.channels_last_3d
     assert fmt == (torch.channels_last if cpu_supports_bf16() else torch.contiguous_format)
-    assert memory_format(2, "cpu", "fp32") == torch.contiguous_format  # fp32 on a CPU: contiguous
+    assert memory_format(2, "cpu", "fp32") == torch.contiguous_format  # fp32 training on a CPU: contiguous
     assert memory_format(2, "cpu", "bf16") == torch.channels_last
     assert memory_format(3, "cpu") in (torch.channels_last_3d, torch.contiguous_format)
-    assert "memory format" in caplog.text and ("bf16" in caplog.text or "fp32" in caplog.text)
+    assert "memory format" in caplog.text and "training" in caplog.text and "inference" in caplog.text
 
 
 def test_keep_freed_memory_on_glibc_only_when_asked():

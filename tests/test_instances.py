@@ -15,6 +15,7 @@ from scripts.instances import (
     DSB_THRESHOLDS,
     as_instances,
     components,
+    h_maxima_in_regions,
     instances_from_probabilities,
     join_boundaries,
     matching_ratios,
@@ -112,6 +113,28 @@ def test_instances_from_probabilities_split_touching_objects():
     assert instances_from_probabilities(speck[0], speck[1]).max() == 3  # every foreground pixel belongs to an object
     assert instances_from_probabilities(speck[0], speck[1], min_size=2).max() == 2
     assert instances_from_probabilities(np.zeros((5, 5)), np.zeros((5, 5))).max() == 0
+
+
+def test_h_maxima_in_regions_matches_scikit_image_per_region():
+    from skimage.morphology import h_maxima
+
+    rng = np.random.default_rng(0)
+    landscape = ndimage.gaussian_filter(rng.random((64, 80)), 2).astype(np.float32) * 50
+    regions = as_instances(ndimage.gaussian_filter(rng.random((64, 80)), 3) > 0.5)
+    assert regions.max() > 2
+    maxima = h_maxima_in_regions(landscape, 0.5, regions)
+    assert not maxima[regions == 0].any()
+    for i in range(1, regions.max() + 1):  # each region alone, the rest of the image far below it
+        alone = np.where(regions == i, landscape, landscape.min() - 10)
+        assert np.array_equal(maxima & (regions == i), h_maxima(alone, 0.5).astype(bool) & (regions == i))
+    # a lower peak next to a higher one across the background: kept here, suppressed by a whole-image h-maxima
+    two = np.zeros((5, 11), np.float32)
+    two[2, 1:4], two[2, 7:10] = (1.6, 3, 1.6), (1.6, 2, 1.6)
+    two[2, 4:7] = 1.5  # background ridge joining the peaks
+    split = as_instances(
+        np.pad(np.ones((1, 3), bool), ((2, 2), (1, 7))) | np.pad(np.ones((1, 3), bool), ((2, 2), (7, 1)))
+    )
+    assert h_maxima_in_regions(two, 0.8, split)[2, 8] and not h_maxima(two, 0.8)[2, 8]
 
 
 def test_label_targets_and_instances_transforms():

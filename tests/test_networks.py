@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from scripts.networks import AttentionGate, PlainSkip, R2AttUNet, inflate_state_dict
+from scripts.networks import AttentionGate, InferenceReLU, PlainSkip, R2AttUNet, inflate_state_dict
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -199,3 +199,28 @@ def test_fold_batch_norm_same_function_without_batch_norm(spatial_dims):
     assert folded is net
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     assert torch.allclose(out, expected, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_in_place_inference_same_outputs_and_training_gradients(spatial_dims):
+    """Without gradients the adds and ReLUs run in place: the same outputs as with gradients (out of place), the
+    input untouched; training (out of place) back-propagates."""
+    torch.manual_seed(0)
+    net = R2AttUNet(spatial_dims, 1, 2, channels=(4, 8, 16))
+    x = torch.rand(2, 1, *([16] * spatial_dims))
+    out = net(x)  # training: batch statistics
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert sum(isinstance(m, InferenceReLU) for m in net.modules()) > 0
+    net.eval()
+    kept = x.clone()
+    expected = net(x)  # gradients on: out of place
+    with torch.no_grad():
+        in_place = net(x)
+    with torch.inference_mode():
+        in_place_mode = net(
+            x.contiguous(memory_format=torch.channels_last if spatial_dims == 2 else torch.channels_last_3d)
+        )
+    assert torch.equal(x, kept)
+    assert torch.equal(in_place, expected.detach())
+    assert torch.allclose(in_place_mode, expected.detach(), atol=1e-5)
