@@ -114,6 +114,28 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
     assert len(rows) == 1 + 4  # every validation image, gathered from both processes
 
 
+def test_torchrun_inference_splits_the_images(tmp_path: Path):
+    """multi_gpu_inference.json: each process segments its share of the images, every image exactly once, and the
+    shared summary.csv holds every image (its updates are locked)."""
+    out_dir = tmp_path / "out"
+    out = torchrun(
+        "--config_file",
+        "['configs/inference.json','configs/multi_gpu_inference.json']",
+        "--logging_file",
+        "configs/logging.conf",
+        "--output_dir",
+        str(out_dir),
+        "--progress_bar",
+        "false",
+    )
+    images = sorted(p.stem for p in (BUNDLE / "sample_data" / "dsb2018" / "images").glob("*.png"))
+    assert "process 1 of 2 on cpu, backend gloo" in out
+    assert sorted(p.name[: -len("_seg.png")] for p in out_dir.glob("*_seg.png")) == images
+    assert sorted(p.name[: -len("_instances.png")] for p in out_dir.glob("*_instances.png")) == images
+    rows = (out_dir / "summary.csv").read_text().strip().splitlines()
+    assert rows[0] == "image,objects" and sorted(r.split(",")[0][: -len(".png")] for r in rows[1:]) == images
+
+
 def test_helpers_outside_a_process_group():
     from scripts.distributed import device_ids, other_rank, process_device, rank, rank_handlers
 

@@ -1,4 +1,5 @@
-"""The process group of ``torchrun`` runs (``multi_gpu_train.json``, ``multi_gpu_evaluate.json``, ``blocks.json``).
+"""The process group of ``torchrun`` runs (``multi_gpu_train.json``, ``multi_gpu_evaluate.json``,
+``multi_gpu_inference.json``, ``blocks.json``).
 
 ``torchrun`` starts one process per device and sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; these helpers give
 each process its device, join the group (NCCL on GPUs, Gloo on CPUs), keep logs, savers and pictures on rank 0,

@@ -177,6 +177,23 @@ def image_writer(stacks: bool | str = False) -> type[ImageWriter]:
     return AtomicStackWriter if as_bool(stacks) else AtomicPILWriter
 
 
+@contextmanager
+def _locked(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on POSIX) for a read-modify-write of a file in it by several
+    processes, e.g. the ranks of ``multi_gpu_inference.json``; no lock where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process at a time
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 class SaveObjectsd(SaveImaged):
     """Writes the objects of one input next to its mask, atomically, in ``output_dir``:
 
@@ -222,12 +239,13 @@ class SaveObjectsd(SaveImaged):
 
     def _update_summary(self, source: str, count: int) -> None:
         path = Path(self.output_dir) / "summary.csv"
-        rows: dict[str, str] = {}
-        if path.is_file():
-            with open(path, newline="") as f:
-                rows = {r["image"]: r["objects"] for r in csv.DictReader(f) if "image" in r and "objects" in r}
-        rows[os.path.basename(source)] = str(count)
-        write_text_atomic(_csv_text({"image": list(rows), "objects": list(rows.values())}), path)
+        with _locked(self.output_dir):  # processes of one torchrun inference share the file
+            rows: dict[str, str] = {}
+            if path.is_file():
+                with open(path, newline="") as f:
+                    rows = {r["image"]: r["objects"] for r in csv.DictReader(f) if "image" in r and "objects" in r}
+            rows[os.path.basename(source)] = str(count)
+            write_text_atomic(_csv_text({"image": list(rows), "objects": list(rows.values())}), path)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
