@@ -433,8 +433,9 @@ def infer(
     return result
 
 
-# the inference modes compared by ``modes``: name -> overrides of configs/inference.json; the first two rows run
-# what 0.6 and 0.7 ran (0.6: channels-last on every CPU; 0.7 and 0.8: contiguous fp32 on CPUs without bf16)
+# the inference modes compared by ``modes``: name -> overrides of configs/inference.json; the rows named after a
+# version run what it ran (0.6: channels-last on every CPU; 0.7 to 0.9: contiguous fp32 on CPUs without bf16; 0.9's
+# seeds came from h-maxima of the whole image, 0.10's from each foreground region's: not an override)
 INFERENCE_MODES = {
     "ensemble, windows (0.6 default)": {
         "ensemble": "True",
@@ -449,6 +450,10 @@ INFERENCE_MODES = {
         "memory_format": "$torch.contiguous_format",
         "fold_batch_norm": "False",
         "keep_freed_memory": "False",
+    },
+    "one network, whole images, contiguous (0.9 default)": {
+        "ensemble": "False",
+        "memory_format": "$torch.contiguous_format",
     },
     "one network, whole images (default)": {"ensemble": "False"},
     "ensemble, whole images": {"ensemble": "True"},
@@ -529,6 +534,55 @@ def _plain_forward_s(items: list[dict], ckpt_dir: str, roi: int = 256, overlap: 
     return seconds
 
 
+def _release_bundle(commit: str, root: Path) -> Path:
+    """The ``bundle/`` folder of release ``commit`` of this repository, checked out once as a git worktree under
+    ``root`` (its own configs, scripts and weights)."""
+    tree = root / f"release_{commit}"
+    if not (tree / "bundle" / "configs" / "inference.json").is_file():
+        subprocess.run(["git", "worktree", "add", "--force", "--detach", str(tree), commit], cwd=BUNDLE, check=True)
+    return tree / "bundle"
+
+
+def _run_mode(
+    name: str, root: Path, ckpt_dir: str, items: list[dict], megapixels: float, bundle: Path = BUNDLE
+) -> dict[str, Any]:
+    """One end-to-end ``configs/inference.json`` run of mode ``name`` (of :data:`INFERENCE_MODES`, or a release's
+    bundle with its own weights and defaults) in a fresh process: its timings and scores."""
+    target = root / ("out_" + "".join(c if c.isalnum() else "_" for c in name))
+    args = [
+        "--config_file",
+        "configs/inference.json",
+        "--logging_file",
+        "configs/logging.conf",
+        "--dataset_dir",
+        str(root / "inputs"),
+        "--output_dir",
+        str(target),
+        "--progress_bar",
+        "False",
+    ]
+    if bundle == BUNDLE:
+        args += ["--ckpt_dir", str(Path(ckpt_dir).resolve())]
+        for k, v in INFERENCE_MODES[name].items():
+            args += [f"--{k}", v]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS, "run", *args], cwd=bundle, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+    engine = _engine_seconds(proc.stdout + proc.stderr)
+    return {
+        "seconds": seconds,
+        "engine_seconds": engine,
+        "startup_seconds": seconds - engine,
+        "images_per_s_after_startup": len(items) / engine,
+        "images_per_s": len(items) / seconds,
+        "s_per_megapixel": seconds / megapixels,
+        "peak_rss_mb": float(proc.stdout.strip().splitlines()[-1].split()[-1]),
+        **_scores(items, target),
+    }
+
+
 def modes(
     datalist: str,
     key: str = "validation",
@@ -536,57 +590,40 @@ def modes(
     ckpt_dir: str = MODELS_DIR,
     out: str = "runs/benchmark_modes",
     names: tuple = tuple(INFERENCE_MODES),
+    repeats: int = 1,
+    release: str | None = None,
 ) -> dict[str, Any]:
     """Times ``configs/inference.json`` end to end (start-up, read, segment, objects, write) in each of
     :data:`INFERENCE_MODES` side by side on the same images (the ``key`` split of ``datalist``), each in its own
     process: images/s, s/megapixel, peak resident memory, and the pooled Dice and DSB2018 score of what it wrote;
-    then the plain fp32 forward pass over the 256x256 windows of the same images (the floor). Ratios are against
-    the first mode (0.6's default) and against the floor."""
+    then the plain fp32 forward pass over the 256x256 windows of the same images (the floor). ``repeats`` rounds
+    run every mode and the floor once each, interleaved (so a slow spell of a shared machine hits every mode), and
+    each reports its median round (of an even number, the faster middle one). ``release`` (a commit or tag of this
+    repository, e.g. ``04606d0``, version 0.6.1) adds a first row: that release's own bundle (configs, code,
+    weights) run with its defaults on the same images, from a git worktree under ``out``. Ratios are against the
+    first row and against the floor."""
     from PIL import Image
 
     root = Path(out).resolve()
     items = _split_inputs(datalist, key, limit, root / "inputs")
     megapixels = sum(Image.open(it["image"]).size[0] * Image.open(it["image"]).size[1] for it in items) / 1e6
     results: dict[str, Any] = {"images": len(items), "megapixels": megapixels, "cpu": _device_name(torch.device("cpu"))}
+    bundles = {name: BUNDLE for name in names}
+    if release:
+        names = (f"release {release}, its own defaults and weights", *names)
+        bundles[names[0]] = _release_bundle(release, root)
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    floors = []
+    for r in range(int(repeats)):
+        for name in names:
+            rounds[name].append(_run_mode(name, root, ckpt_dir, items, megapixels, bundles[name]))
+            print(json.dumps({name: rounds[name][-1], "round": r}), flush=True)
+        floors.append(_plain_forward_s(items, ckpt_dir))
+        print(json.dumps({"plain fp32 forward per window (s)": floors[-1], "round": r}), flush=True)
     for name in names:
-        target = root / ("out_" + "".join(c if c.isalnum() else "_" for c in name))
-        args = [
-            "--config_file",
-            "configs/inference.json",
-            "--logging_file",
-            "configs/logging.conf",
-            "--dataset_dir",
-            str(root / "inputs"),
-            "--output_dir",
-            str(target),
-            "--ckpt_dir",
-            str(Path(ckpt_dir).resolve()),
-            "--progress_bar",
-            "False",
-        ]
-        for k, v in INFERENCE_MODES[name].items():
-            args += [f"--{k}", v]
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-c", _PEAK_RSS, "run", *args], cwd=BUNDLE, capture_output=True, text=True
-        )
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-        peak = float(proc.stdout.strip().splitlines()[-1].split()[-1])
-        engine = _engine_seconds(proc.stdout + proc.stderr)
-        results[name] = {
-            "seconds": seconds,
-            "engine_seconds": engine,
-            "startup_seconds": seconds - engine,
-            "images_per_s_after_startup": len(items) / engine,
-            "images_per_s": len(items) / seconds,
-            "s_per_megapixel": seconds / megapixels,
-            "peak_rss_mb": peak,
-            **_scores(items, target),
-        }
-        print(json.dumps({name: results[name]}), flush=True)
-    results["plain fp32 forward per window (s)"] = _plain_forward_s(items, ckpt_dir)
+        runs = sorted(rounds[name], key=lambda run: run["seconds"])
+        results[name] = {**runs[(len(runs) - 1) // 2], "seconds_every_round": [run["seconds"] for run in rounds[name]]}
+    results["plain fp32 forward per window (s)"] = sorted(floors)[(len(floors) - 1) // 2]
     first, first_engine = results[names[0]]["seconds"], results[names[0]]["engine_seconds"]
     for name in names:
         results[name]["speedup_vs_first"] = first / results[name]["seconds"]
