@@ -107,3 +107,31 @@ def test_conv_benchmark_levels_side_by_side():
         assert row["gflop"] == pytest.approx(3 * 2 * 2 * row["channels"] ** 2 * 9 * row["size"] ** 2 / 1e9, abs=1e-3)
         assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["fast_ms"], rel=0.02)
     assert {"device", "precision", "speedup", "speedup_channels_last", "speedup_dtype"} <= set(last)
+
+
+def test_modes_benchmark_rounds_and_release_row(tmp_path):
+    """``modes`` runs every row once per round (medians), the floor too, and ``--release`` puts a release's own
+    bundle (here this commit's, from a git worktree) first, on the same images."""
+    args = ["--datalist", str(SAMPLE / "datalist.json"), "--key", "validation", "--limit", "2", "--repeats", "2"]
+    args += ["--names", "['one network, whole images (default)']", "--release", "HEAD", "--out", str(tmp_path)]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tools.benchmark", "modes", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:  # the worktree is registered in the repository: remove it with its folder
+        subprocess.run(["git", "worktree", "remove", "--force", str(tmp_path / "release_HEAD")], cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    result = json.loads(out[out.index("{\n") :])
+    release, default = "release HEAD, its own defaults and weights", "one network, whole images (default)"
+    assert result["images"] == 2 and (tmp_path / "out_release_HEAD__its_own_defaults_and_weights").is_dir()
+    for name in (release, default):
+        row = result[name]
+        assert len(row["seconds_every_round"]) == 2 and row["seconds"] in row["seconds_every_round"]
+        assert 0 < row["startup_seconds"] < row["seconds"] and 0.5 < row["pooled_dice"] <= 1
+    assert result[release]["speedup_vs_first"] == 1.0 and result["plain fp32 forward per window (s)"] > 0
+    assert result[default]["pooled_dice"] == pytest.approx(result[release]["pooled_dice"])  # the same code
