@@ -72,11 +72,11 @@ def memory_format(
     on GPUs and with bf16 on CPUs (oneDNN's bf16 kernels); the plain contiguous layout for fp32 training on CPUs.
     Measured on an AVX2 CPU without bf16 (``tools.benchmark``): fp32 channels-last inference ran 1.2x (2D) to 1.4x
     (3D) the contiguous forward pass, fp32 channels-last training 0.77x. Logs the choice, once per choice."""
-    device = torch.device(device)
+    device, training = torch.device(device), as_bool(training)
     dtype = autocast_dtype(device, precision)
-    fast = not as_bool(training) or device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
+    fast = not training or device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16)
     fmt = (torch.channels_last if spatial_dims == 2 else torch.channels_last_3d) if fast else torch.contiguous_format
-    choice = (device.type, precision, str(dtype), str(fmt), as_bool(training))
+    choice = (device.type, precision, str(dtype), str(fmt), training)
     if choice not in _LOGGED:
         _LOGGED.add(choice)
         cpu = (
@@ -85,7 +85,7 @@ def memory_format(
             else (" (CPU with native bf16)" if cpu_supports_bf16() else " (CPU without bf16)")
         )
         logger.info(
-            f"device {device}{cpu}, {'training' if as_bool(training) else 'inference'}: precision {precision} -> "
+            f"device {device}{cpu}, {'training' if training else 'inference'}: precision {precision} -> "
             f"{'fp32' if dtype is None else str(dtype).split('.')[-1]}, memory format {str(fmt).split('.')[-1]}"
         )
     return fmt
@@ -169,7 +169,8 @@ class WholeImageInferer(Inferer):
         padding = [p for pad in reversed(pads) for p in (0, pad)]  # torch.nn.functional.pad: last dim first
         x = torch.nn.functional.pad(inputs, padding, mode=self.padding_mode, value=self.value) if any(pads) else inputs
         out = network(x, *args, **kwargs)
-        return out[(..., *(slice(0, n) for n in spatial))]
+        # the engine's output in the standard layout, whatever the network's memory format and the padding
+        return out[(..., *(slice(0, n) for n in spatial))].contiguous()
 
 
 class _FlipNetwork:

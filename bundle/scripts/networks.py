@@ -53,6 +53,11 @@ class InferenceReLU(nn.ReLU):
 _RELU = (InferenceReLU, {})  # for MONAI's Convolution(act=...)
 
 
+def _add(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y + x``, added in place into ``y`` when no gradient is recorded (``y`` must be a fresh activation)."""
+    return y.add_(x) if not torch.is_grad_enabled() else y + x
+
+
 class RecurrentUnit(nn.Module):
     """Recurrent convolution unit (paper Fig. 2A, eq. 4-5).
 
@@ -74,7 +79,7 @@ class RecurrentUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
         for _ in range(self.time_steps):
-            h = self.conv(h.add_(x) if not torch.is_grad_enabled() else x + h)
+            h = self.conv(_add(h, x))
         return h
 
 
@@ -144,7 +149,7 @@ class R2Block(nn.Module):
         x = self.proj(x)
         y = self.units(x)
         if self.residual:
-            y = y.add_(x) if not torch.is_grad_enabled() else y + x
+            y = _add(y, x)
         return y
 
     @torch.jit.unused

@@ -121,7 +121,7 @@ class Instancesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             prob = d[key]
-            p = np.ascontiguousarray(prob.detach().float().cpu().numpy())  # channels-last networks: strided
+            p = prob.detach().float().cpu().numpy()
             instances = self._instances(key, p)
             d[self.instances_key] = _as_meta(instances[None], prob)
             if self.method == "neurons":
