@@ -2,10 +2,21 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import DSB2018_FIXES, SAMPLE
-from scripts.data import image_group, list_images, load_datalist, prepare_dsb2018, split_datalist, to_grayscale
+from scripts import InputError
+from scripts.data import (
+    image_group,
+    list_images,
+    load_datalist,
+    prepare_dsb2018,
+    split_datalist,
+    to_colour,
+    to_grayscale,
+)
+from scripts.transforms import LUMINANCE, RandStainGrayd
 
 FIXED_ID = "00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552"  # corrected in the fixes
 REMOVED_ID = "12aeefb1b522b283819b12e4cfaf6b13c1264c0aadac3412b4edd2ace304cb40"  # dropped by the fixes
@@ -21,11 +32,13 @@ def test_prepare_real_images(dsb2018_dir, tmp_path):
     assert json.loads((tmp_path / "datalist.json").read_text()) == datalist
     for it in items:
         sid = it["id"]
-        gray = np.asarray(Image.open(tmp_path / it["image"]))
+        image = Image.open(tmp_path / it["image"])
         label = np.asarray(Image.open(tmp_path / it["label"]))
         rgba = Image.open(dsb2018_dir / sid / "images" / f"{sid}.png")
-        assert gray.dtype == np.uint8 and gray.shape == (rgba.height, rgba.width)  # grayscale, same size
-        assert np.array_equal(gray, np.asarray(rgba.convert("L")))
+        # colour images keep their colour (stain augmentation), the others are stored gray; same size
+        assert image.mode == ("RGB" if it["group"] == "colour" else "L") and image.size == rgba.size
+        assert np.array_equal(np.asarray(image), np.asarray(rgba.convert(image.mode)))
+        assert np.array_equal(np.asarray(to_grayscale(image)), np.asarray(rgba.convert("L")))  # what inference reads
         union = np.zeros_like(label, dtype=bool)
         masks = sorted((dsb2018_dir / sid / "masks").glob("*.png"))
         for m in masks:
@@ -114,6 +127,27 @@ def test_list_images(tmp_path):
         list_images(tmp_path / "..", suffixes=(".xyz",))
 
 
+def test_list_images_points_zarr_and_huge_tiffs_to_blocks(tmp_path, monkeypatch):
+    import tifffile
+
+    import scripts.data
+
+    volume = tmp_path / "volume.zarr"
+    volume.mkdir()
+    (volume / "zarr.json").write_text("{}")
+    for folder in (volume, tmp_path):  # the array itself, or a folder holding only arrays
+        with pytest.raises(InputError, match="configs/blocks.json") as e:
+            list_images(folder)
+        assert f"--dataset_dir {volume} " in str(e.value)
+    tifffile.imwrite(tmp_path / "slide.tif", np.zeros((64, 64), np.uint8))
+    assert [d["image"] for d in list_images(tmp_path)] == [str(tmp_path / "slide.tif")]  # arrays left out, warned
+    monkeypatch.setattr(
+        scripts.data, "available_memory", lambda: 64 * 64 * scripts.data.WHOLE_IMAGE_BYTES_PER_PIXEL - 1
+    )
+    with pytest.raises(InputError, match=r"slide.tif: too large for whole-image inference.*configs/blocks.json"):
+        list_images(tmp_path)
+
+
 def test_group_sampler_draws_rare_types_more_often():
     from collections import Counter
 
@@ -130,3 +164,27 @@ def test_group_sampler_draws_rare_types_more_often():
 
     assert drop_last(items, None, 4) and not drop_last(items[:3], None, 4)
     assert drop_last(items[:3], group_sampler(items, 1.0), 4)  # the sampler's length counts
+
+
+def test_stain_augmentation_ends_in_gray(dsb2018_dir):
+    rgba = Image.open(dsb2018_dir / COLOUR_ID / "images" / f"{COLOUR_ID}.png")
+    rgb = np.asarray(to_colour(rgba)).astype(np.float32)
+    image = torch.as_tensor(np.moveaxis(rgb, -1, 0))  # (3, Y, X)
+    luminance = np.tensordot(np.asarray(LUMINANCE, np.float32), rgb, axes=([0], [2]))
+    plain = RandStainGrayd("image", stain_prob=0, weights_prob=0, invert_prob=0)({"image": image})["image"]
+    assert plain.shape == (1, *rgb.shape[:2]) and np.allclose(plain[0].numpy(), luminance, atol=1e-3)
+    # within 0.5 of PIL's rounded luminance, what inference reads
+    assert np.abs(plain[0].numpy() - np.asarray(to_grayscale(rgba), np.float32)).max() <= 0.5 + 1e-3
+    inverted = RandStainGrayd("image", stain_prob=0, weights_prob=0, invert_prob=1)({"image": image})["image"]
+    assert torch.allclose(inverted, plain.min() + plain.max() - plain)
+    jitter = RandStainGrayd("image", stain_prob=1, weights_prob=1, invert_prob=0)
+    jitter.set_random_state(0)
+    a = jitter({"image": image})["image"]
+    jitter.set_random_state(0)
+    assert torch.equal(a, jitter({"image": image})["image"])  # seeded
+    assert a.shape == plain.shape and not torch.allclose(a, plain, atol=1.0)  # the stains moved
+    assert np.corrcoef(a.numpy().ravel(), plain.numpy().ravel())[0, 1] > 0.8  # the same picture
+    gray = image[:1]  # a gray image: no stain or weight change, only the inversion
+    assert torch.equal(jitter({"image": gray})["image"], gray)
+    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+        jitter({"image": image[:2]})

@@ -15,6 +15,7 @@ from scripts.instances import (
     DSB_THRESHOLDS,
     as_instances,
     components,
+    contact_map,
     h_maxima_in_regions,
     instances_from_probabilities,
     join_boundaries,
@@ -115,6 +116,56 @@ def test_instances_from_probabilities_split_touching_objects():
     assert instances_from_probabilities(np.zeros((5, 5)), np.zeros((5, 5))).max() == 0
 
 
+def _window_ids(ids: np.ndarray, y: int, x: int, w: int) -> set:
+    box = ids[max(0, y - w) : y + w + 1, max(0, x - w) : x + w + 1]
+    return set(np.unique(box)) - {0}
+
+
+def test_contact_map_marks_where_objects_touch_or_nearly_touch():
+    ids = _touching_discs()  # two discs of 452 pixels (window half-width 2), touching along x = 30
+    contact = contact_map(ids)
+    assert contact.dtype == bool and contact.any()
+    assert contact[ids == 1].any() and contact[ids == 2].any()  # on both sides of the touching line
+    for y, x in zip(*np.nonzero(contact), strict=True):  # every contact pixel sees both objects in its window
+        assert len(_window_ids(ids, y, x, 2 if ids[y, x] else 3)) == 2
+    touching = (ids == 2) & (np.roll(ids, 1, axis=1) == 1)
+    assert touching.any() and contact[touching].all()
+    body = (ids > 0) & ~contact
+    assert as_instances(body).max() == 2  # the bodies are apart: one seed per object
+    assert np.array_equal(object_targets(ids, contact=True)[2] > 0, contact)
+    assert object_targets(ids, contact=True).shape == (3, 40, 60)
+    # a 2-pixel background gap: contact on the background between the objects, none far from it
+    gap = np.zeros((30, 40), np.int32)
+    gap[5:25, 5:18], gap[5:25, 20:35] = 1, 2
+    near = contact_map(gap)
+    assert near[10, 18:20].all() and not near[:, :12].any() and not near[:, 26:].any()
+    far = np.zeros((30, 60), np.int32)
+    far[5:25, 5:18], far[5:25, 40:55] = 1, 2
+    assert not contact_map(far).any() and not contact_map(gap == 1).any()
+    ids3 = np.stack([ids, ids, ids], axis=-1)  # 3D: the same contacts in every section
+    assert contact_map(ids3)[..., 1][ids > 0].sum() >= contact[ids > 0].sum()
+
+
+def test_instances_from_contact_seeds():
+    ids = _touching_discs()
+    targets = object_targets(ids, contact=True)
+    instances = instances_from_probabilities(targets[0], targets[1], seeds="contact", contact_prob=targets[2])
+    assert np.array_equal(instances > 0, ids > 0) and instances.max() == 2
+    assert matching_ratios(instances, ids)["ratio"].mean() > 0.9
+    # without the contact map: connected components (the touching pair is one object)
+    assert instances_from_probabilities(targets[0], targets[1], seeds="contact").max() == 1
+    # seeds under min_seed_size pixels are dropped; their pixels join the neighbouring object
+    assert (
+        instances_from_probabilities(targets[0], contact_prob=targets[2], seeds="contact", min_seed_size=10**4).max()
+        == 1
+    )
+    out = Instancesd("pred", seeds="contact")({"pred": torch.as_tensor(targets)})
+    assert out["pred"].shape == (1, 40, 60) and out["instances"].max().item() == 2
+    assert Instancesd("pred")({"pred": torch.as_tensor(targets)})["instances"].max().item() == 2  # centre seeds
+    with pytest.raises(ValueError, match="contact map"):
+        Instancesd("pred", seeds="contact")({"pred": torch.as_tensor(targets[:2])})
+
+
 def test_h_maxima_in_regions_matches_scikit_image_per_region():
     from skimage.morphology import h_maxima
 
@@ -151,7 +202,7 @@ def test_label_targets_and_instances_transforms():
     speck[:, 0, 0], speck[0, 0, 2] = 1.0, 0.3  # a one-pixel object, and a background probability
     small = Instancesd("pred", min_size=2)({"pred": speck})
     assert small["pred"][0, 0, 0] == 0 and small["pred"][0, 0, 2] == 0.3  # only dropped objects leave the mask
-    with pytest.raises(ValueError, match="needs 2 channel"):
+    with pytest.raises(ValueError, match="needs 2 or 3 channels"):
         Instancesd("pred")({"pred": prob[:1]})
     overlay = Overlayd("image", instances_key="instances")(
         {"image": ids, "instances": out["instances"], "pred": out["pred"]}

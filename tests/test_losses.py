@@ -2,7 +2,7 @@ import pytest
 import torch
 from monai.losses import DiceLoss, TverskyLoss
 
-from scripts.losses import FocalTverskyLoss
+from scripts.losses import FocalTverskyLoss, ObjectLoss
 
 
 def test_hand_computation():
@@ -62,3 +62,22 @@ def test_finite_gradient_at_perfect_prediction():
 def test_invalid_gamma():
     with pytest.raises(ValueError):
         FocalTverskyLoss(gamma=0)
+
+
+def test_object_loss_sums_its_channels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16)
+    target = (torch.rand(2, 3, 16, 16) > 0.7).float()
+    mask_loss = FocalTverskyLoss(sigmoid=True)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    two = ObjectLoss(mask_loss, centre_weight=0.5)(logits[:, :2], target[:, :2])
+    assert two == pytest.approx(
+        float(mask_loss(logits[:, :1], target[:, :1]) + 0.5 * bce(logits[:, 1:2], target[:, 1:2]))
+    )
+    contact = bce(logits[:, 2:], target[:, 2:]) + DiceLoss(sigmoid=True, batch=True)(logits[:, 2:], target[:, 2:])
+    three = ObjectLoss(mask_loss, centre_weight=0.5, contact_weight=3.0)(logits, target)
+    assert three == pytest.approx(float(two + 3.0 * contact), rel=1e-5)
+    with pytest.raises(ValueError, match="2 channels"):
+        ObjectLoss(mask_loss)(logits[:, :1], target[:, :1])
+    with pytest.raises(ValueError, match="got 3 and 2"):
+        ObjectLoss(mask_loss)(logits, target[:, :2])

@@ -7,6 +7,9 @@ from ``--ckpt_dir``), then every setting is scored on the same probabilities.
 Tune on training images (the network trained on them, but the post-processing did not), report on the validation
 split.
 
+With weights of three output channels (mask, centre map, contact map) the contact seeds (``seeds=contact``,
+``seed_threshold``) are compared too.
+
 Prints, per setting, the DSB2018 score and the TP/(TP+FP+FN) ratio at IoU 0.5 and 0.75 (mean over images), and for
 the connected components of the mask (the pixel model's answer) beside them; ``--out`` writes them as JSON.
 """
@@ -31,11 +34,18 @@ from tools import BUNDLE
 MODELS_DIR = str(BUNDLE / "models")
 
 
-def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool) -> list[dict]:
-    """``[{"id", "group", "prob" (2, Y, X), "true" (Y, X) instance ids}]`` for the first ``limit`` items of ``key``."""
+def probabilities(
+    datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool, out_channels: int | None = None
+) -> list[dict]:
+    """``[{"id", "group", "prob" (C, Y, X), "true" (Y, X) instance ids}]`` for the first ``limit`` items of ``key``
+    (``C`` 2: mask, centre map; 3: and the contact map; ``out_channels`` default: the weights')."""
+    if out_channels is None:
+        state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
+        out_channels = int(state["head.conv.weight"].shape[0])
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(Path(ckpt_dir).resolve()), "ensemble": ensemble})
+    parser["network_def"]["out_channels"] = out_channels
     network = parser.get_parsed_content("network")
     members = parser.get_parsed_content("ensemble_networks") if ensemble else None
     if not ensemble:
@@ -61,7 +71,8 @@ def score(results: list[dict], **params) -> dict:
     """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75, overall and per image type."""
     per_group: dict[str, list[np.ndarray]] = {}
     for r in results:
-        pred = instances_from_probabilities(r["prob"][0], r["prob"][1], **params)
+        contact = r["prob"][2] if len(r["prob"]) > 2 else None
+        pred = instances_from_probabilities(r["prob"][0], r["prob"][1], contact_prob=contact, **params)
         ratios = matching_ratios(pred, r["true"])["ratio"]
         per_group.setdefault("all", []).append(ratios)
         per_group.setdefault(r["group"], []).append(ratios)
@@ -76,8 +87,11 @@ def score(results: list[dict], **params) -> dict:
     }
 
 
-# settings compared: (seeds, h); each with every sigma and min_size below
+# settings compared: (seeds, h or, for contact seeds, the seed threshold); each with every sigma and min_size below
 SEEDS = (
+    ("contact", 0.3),
+    ("contact", 0.5),
+    ("contact", 0.7),
     ("centre", 0.1),
     ("centre", 0.2),
     ("distance", 1.0),
@@ -101,10 +115,13 @@ def main(
 ) -> None:
     results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
     table = {"connected components": score(results, h=np.inf)}
+    has_contact = all(len(r["prob"]) > 2 for r in results)
     for (source, h), sigma, m in itertools.product(seeds, sigmas, min_sizes):
-        table[f"seeds={source} h={h} sigma={sigma} min_size={m}"] = score(
-            results, seeds=source, h=h, sigma=sigma, min_size=m
-        )
+        if source == "contact" and not has_contact:
+            continue
+        value = {"seed_threshold": h} if source == "contact" else {"h": h}
+        name = f"seeds={source} {'seed_threshold' if source == 'contact' else 'h'}={h} sigma={sigma} min_size={m}"
+        table[name] = score(results, seeds=source, sigma=sigma, min_size=m, **value)
     for name, s in table.items():
         groups = "; ".join(f"{g} ({v['images']}) {v['dsb']:.3f}" for g, v in s.items() if g != "all")
         a = s["all"]

@@ -32,6 +32,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "to_grayscale",
     "image_group",
+    "to_colour",
     "prepare_dsb2018",
     "prepare_isbi2012",
     "prepare_vnc",
@@ -60,6 +61,15 @@ def to_grayscale(img: Image.Image) -> Image.Image:
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     return img.convert("L")
+
+
+def to_colour(img: Image.Image) -> Image.Image:
+    """PIL converter that keeps colour: 8-bit colour (RGB, RGBA, palette, LA) to ``RGB``, every other mode as
+    :func:`to_grayscale`. Training reads images with it so that :class:`scripts.transforms.RandStainGrayd` can
+    jitter the stains before the gray conversion."""
+    if img.mode in ("RGB", "RGBA", "P", "PA", "LA", "CMYK", "YCbCr"):
+        return img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA") else img.convert("RGB")
+    return to_grayscale(img)
 
 
 def image_group(rgb: np.ndarray) -> str:
@@ -115,9 +125,11 @@ def _convert_one(sample_dir: Path, out: Path) -> dict:
         if mask.shape != label.shape:
             raise ValueError(f"{mf}: mask size {mask.shape} differs from image size {label.shape} of {image_file}.")
         label[mask] = index
-    _save_png_atomic(gray.astype(np.uint8), out / "images" / f"{sid}.png")
+    group = image_group(rgb)
+    # colour images keep their colour (stain augmentation in training; the readers of inference convert to gray)
+    _save_png_atomic(rgb if group == "colour" else gray.astype(np.uint8), out / "images" / f"{sid}.png")
     _save_png_atomic(label if len(mask_files) > 255 else label.astype(np.uint8), out / "labels" / f"{sid}.png")
-    return {"image": f"images/{sid}.png", "label": f"labels/{sid}.png", "id": sid, "group": image_group(rgb)}
+    return {"image": f"images/{sid}.png", "label": f"labels/{sid}.png", "id": sid, "group": group}
 
 
 def prepare_dsb2018(
@@ -288,14 +300,82 @@ def load_datalist(
     return data
 
 
+# working memory of whole-image inference per pixel (voxel), from the 4096x4096 slide of docs/blocks.md (2.4 GB
+# peak, 0.7 GB of it the process), with a margin for fp32: an input above the available memory goes block-wise
+WHOLE_IMAGE_BYTES_PER_PIXEL = 160
+ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+
+
+def _blocks_command(path: Path) -> str:
+    return (
+        "run it block by block with configs/blocks.json: python -m monai.bundle run --config_file "
+        f"\"['configs/inference.json','configs/blocks.json']\" --dataset_dir {path} --output_dir <out> (an EM preset "
+        "such as configs/em3d.json goes before blocks.json; docs/blocks.md)"
+    )
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and (path.suffix.lower() == ".zarr" or any((path / m).exists() for m in ZARR_MARKERS))
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (``MemAvailable`` on Linux, else the physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _tiff_pixels(path: Path) -> int:
+    """Pixels of a TIFF's first series from its header (0 when tifffile cannot tell; the input check names it)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(np.prod(tif.series[0].shape))
+    except Exception:  # tifffile raises many types for broken files; the input check reports them
+        return 0
+
+
 def list_images(folder: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[dict]:
-    """``[{"image": path}]`` for every image file directly inside ``folder`` (sorted), for inference."""
+    """``[{"image": path}]`` for every image file directly inside ``folder`` (sorted), for inference.
+
+    Raises:
+        InputError: for a zarr / OME-Zarr array (``folder`` itself, or in a folder without image files) and for a
+            TIFF whose whole-image inference would not fit in the available memory, with the block-wise command.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingInputError(f"input folder not found: {folder} (--dataset_dir)")
+    if _is_zarr(folder):
+        raise InputError(
+            f"{folder} is a zarr array, which inference.json does not read whole: {_blocks_command(folder)}"
+        )
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(tuple(suffixes)))
+    arrays = sorted(p for p in folder.iterdir() if _is_zarr(p))
     if not files:
+        if arrays:
+            raise InputError(
+                f"no image files ({', '.join(suffixes)}) in {folder}, but zarr arrays ({', '.join(p.name for p in arrays)}): "
+                + _blocks_command(arrays[0])
+            )
         raise InputError(f"no image files ({', '.join(suffixes)}) in {folder}.")
+    if arrays:
+        logger.warning(
+            f"{folder}: zarr arrays left out ({', '.join(p.name for p in arrays)}); {_blocks_command(arrays[0])}"
+        )
+    memory = available_memory()
+    for p in files:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            need = _tiff_pixels(p) * WHOLE_IMAGE_BYTES_PER_PIXEL
+            if need > memory:
+                raise InputError(
+                    f"{p}: too large for whole-image inference (about {need / 2**30:.1f} GB needed, "
+                    f"{memory / 2**30:.1f} GB available); {_blocks_command(p)}"
+                )
     return [{"image": str(p)} for p in files]
 
 

@@ -20,6 +20,8 @@ __all__ = [
     "DSB_THRESHOLDS",
     "as_instances",
     "object_targets",
+    "contact_map",
+    "CONTACT_WINDOWS",
     "instances_from_probabilities",
     "h_maxima_in_regions",
     "segments_from_boundaries",
@@ -46,21 +48,70 @@ def as_instances(label: np.ndarray) -> np.ndarray:
     return relabel_sequential(np.round(label).astype(np.int64))[0].astype(np.int32)
 
 
-def object_targets(label: np.ndarray) -> np.ndarray:
-    """The two training targets of an instance label image: ``(2, *spatial)`` float32 with channel 0 the object mask
-    (0/1) and channel 1 the centre map: each object's distance to its own border (Euclidean, so touching objects
-    meet at 0) divided by its largest value, 1 at the object's centre, 0 outside. A binary mask is taken as its
-    connected components."""
+# contact windows (DSB2018 topcoders, victor/create_masks.py): half-width in pixels of the neighbourhood that decides
+# whether a pixel touches two objects, by the area of the object it lies in (below 300, below 2000, larger), and for
+# background pixels in the gaps (objects up to 4000 pixels, larger)
+CONTACT_WINDOWS = {"areas": (300, 2000), "object": (1, 2, 3), "gap_area": 4000, "gap": (3, 6)}
+
+
+def contact_map(label: np.ndarray) -> np.ndarray:
+    """The contact target of an instance label image: boolean ``(*spatial)``, True where a small neighbourhood of the
+    pixel holds more than one object, within the gaps between nearby objects (the DSB2018 winners' design).
+
+    The gaps are the watershed lines between the objects grown over their union dilated by 4 pixels and the pixels
+    where two objects touch, widened by 3 pixels. A pixel inside the gaps is a contact when the box of half-width
+    ``w`` around it holds two object ids,
+    ``w`` 1, 2 or 3 pixels for objects of under 300, under 2000 or more pixels and 3 (6 where the largest object
+    exceeds 4000 pixels) on the background (:data:`CONTACT_WINDOWS`). 2D or 3D; a binary mask is taken as its
+    connected components (and has no contacts)."""
+    instances = as_instances(label)
+    mask = instances > 0
+    if int(instances.max()) < 2:
+        return np.zeros(instances.shape, bool)
+    ndim = instances.ndim
+    highest = np.iinfo(np.int32).max
+    ids_or_high = np.where(mask, instances, highest)
+
+    def two_ids(width: int) -> np.ndarray:  # the box of half-width ``width`` holds two object ids
+        size = 2 * int(width) + 1
+        top = ndimage.maximum_filter(instances, size=size, mode="constant", cval=0)
+        bottom = ndimage.minimum_filter(ids_or_high, size=size, mode="constant", cval=highest)
+        return (bottom < highest) & (top != bottom)
+
+    near = ndimage.binary_dilation(mask, structure=np.ones((9,) * ndim, bool))
+    lines = near & (watershed(near, instances, mask=near, watershed_line=True) == 0)
+    touching = mask & two_ids(1)  # objects in direct contact have no watershed line between them
+    gaps = ndimage.binary_dilation(lines | touching, structure=np.ones((7,) * ndim, bool))
+    areas = np.bincount(instances.ravel())
+    area = areas[instances]
+    small, medium = CONTACT_WINDOWS["areas"]
+    w_object = np.select([area < small, area < medium], CONTACT_WINDOWS["object"][:2], CONTACT_WINDOWS["object"][2])
+    w_gap = CONTACT_WINDOWS["gap"][int(areas[1:].max() > CONTACT_WINDOWS["gap_area"])]
+    width = np.where(mask, w_object, w_gap)
+    contact = np.zeros(instances.shape, bool)
+    for w in np.unique(width[gaps]):
+        contact |= gaps & (width == w) & two_ids(w)
+    return contact
+
+
+def object_targets(label: np.ndarray, contact: bool = False) -> np.ndarray:
+    """The training targets of an instance label image: ``(2, *spatial)`` float32 (``(3, *spatial)`` with
+    ``contact``) with channel 0 the object mask (0/1), channel 1 the centre map: each object's distance to its own
+    border (Euclidean, so touching objects meet at 0) divided by its largest value, 1 at the object's centre, 0
+    outside, and channel 2 the contact map of :func:`contact_map` (0/1). A binary mask is taken as its connected
+    components."""
     instances = as_instances(label)
     mask = instances > 0
     n = int(instances.max())
+    channels = 3 if contact else 2
     if n == 0:
-        return np.zeros((2, *instances.shape), np.float32)
+        return np.zeros((channels, *instances.shape), np.float32)
     inner = mask & ~find_boundaries(instances, mode="inner")  # each object minus its own outermost pixels
     distance = ndimage.distance_transform_edt(inner) + mask  # 1 on the border, growing inwards
     peak = np.asarray(ndimage.maximum(distance, instances, np.arange(1, n + 1)), dtype=np.float64)
     centre = np.where(mask, distance / peak[np.maximum(instances, 1) - 1], 0.0)
-    return np.stack([mask, centre]).astype(np.float32)
+    targets = [mask, centre] + ([contact_map(instances)] if contact else [])
+    return np.stack(targets).astype(np.float32)
 
 
 def instances_from_probabilities(
@@ -72,26 +123,40 @@ def instances_from_probabilities(
     sigma: float = 1.0,
     min_size: int = 0,
     centre_weight: float = 8.0,
+    contact_prob: np.ndarray | None = None,
+    seed_threshold: float = 0.5,
+    min_seed_size: int = 4,
 ) -> np.ndarray:
-    """Instance labels (int32, ``0`` background, ``1..N``) from the object probability and the predicted centre map.
+    """Instance labels (int32, ``0`` background, ``1..N``) from the object probability and the predicted centre map
+    (and contact map).
 
-    The foreground is ``mask_prob >= threshold`` (the binary mask the bundle writes). A landscape that peaks once
-    per object, smoothed by a Gaussian of ``sigma`` pixels, is ``centre_prob`` (``seeds="centre"``, the network's
-    centre map), the foreground's Euclidean distance transform (``seeds="distance"``, the classic split of round
-    touching objects) or their sum, the distance plus ``centre_weight`` pixels times the centre map
-    (``seeds="both"``). Its regional maxima of height at least ``h`` within each connected region of the foreground
-    (:func:`h_maxima_in_regions`; 0.1 suits the centre map, 1-2 pixels the distance) seed a watershed of the negated
-    landscape over the foreground; foreground regions without a seed become objects of their own. Objects under
-    ``min_size`` pixels are dropped (``0`` keeps every one, so the union of the instances is exactly the mask).
-    Without ``centre_prob``, ``seeds="centre"`` or ``"both"`` gives the foreground's connected components.
+    The foreground is ``mask_prob >= threshold`` (the binary mask the bundle writes).
+
+    ``seeds="contact"`` (the DSB2018 winners' design; needs ``contact_prob``): the body ``mask_prob * (1 -
+    contact_prob)`` is above ``seed_threshold`` inside nuclei and low where they touch; its connected regions (full
+    connectivity) of at least ``min_seed_size`` pixels seed a watershed of the negated body over the foreground.
+
+    Otherwise a landscape that peaks once per object, smoothed by a Gaussian of ``sigma`` pixels, is ``centre_prob``
+    (``seeds="centre"``, the network's centre map), the foreground's Euclidean distance transform
+    (``seeds="distance"``, the classic split of round touching objects) or their sum, the distance plus
+    ``centre_weight`` pixels times the centre map (``seeds="both"``). Its regional maxima of height at least ``h``
+    within each connected region of the foreground (:func:`h_maxima_in_regions`; 0.1 suits the centre map, 1-2
+    pixels the distance) seed a watershed of the negated landscape over the foreground.
+
+    Foreground regions without a seed become objects of their own. Objects under ``min_size`` pixels are dropped
+    (``0`` keeps every one, so the union of the instances is exactly the mask). Without ``centre_prob`` (``"centre"``,
+    ``"both"``) or ``contact_prob`` (``"contact"``) it gives the foreground's connected components.
     """
-    if seeds not in ("centre", "distance", "both"):
-        raise ValueError(f"seeds must be 'centre', 'distance' or 'both', got {seeds!r}.")
+    if seeds not in ("centre", "distance", "both", "contact"):
+        raise ValueError(f"seeds must be 'centre', 'distance', 'both' or 'contact', got {seeds!r}.")
     foreground = np.asarray(mask_prob) >= threshold
-    if not foreground.any() or (seeds != "distance" and centre_prob is None):
+    needed = {"centre": centre_prob, "both": centre_prob, "contact": contact_prob}.get(seeds, foreground)
+    if not foreground.any() or needed is None:
         instances = connected_components(foreground).astype(np.int32)
     else:
-        if seeds == "centre":
+        if seeds == "contact":
+            landscape = np.asarray(mask_prob, dtype=np.float32) * (1 - np.asarray(contact_prob, dtype=np.float32))
+        elif seeds == "centre":
             landscape = np.asarray(centre_prob, dtype=np.float32)
         else:
             landscape = ndimage.distance_transform_edt(foreground).astype(np.float32)
@@ -99,7 +164,10 @@ def instances_from_probabilities(
                 landscape += float(centre_weight) * np.asarray(centre_prob, dtype=np.float32)
         if sigma > 0:
             landscape = ndimage.gaussian_filter(landscape, sigma)
-        markers = connected_components(h_maxima_in_regions(landscape, h, connected_components(foreground)))
+        if seeds == "contact":
+            markers = _drop_small(connected_components(foreground & (landscape > seed_threshold)), min_seed_size)
+        else:
+            markers = connected_components(h_maxima_in_regions(landscape, h, connected_components(foreground)))
         instances = watershed(-landscape, markers=markers, mask=foreground)
         rest = connected_components(foreground & (instances == 0))
         instances = np.where(rest > 0, rest + instances.max(), instances)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from monai.losses import TverskyLoss
+from monai.losses import DiceLoss, TverskyLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
@@ -73,22 +73,32 @@ class FocalTverskyLoss(_Loss):
 
 
 class ObjectLoss(_Loss):
-    """The loss of the objects model, whose two output channels are the object mask and the centre map
-    (:func:`scripts.instances.object_targets`): ``mask_loss`` (the Focal Tversky loss) on channel 0 plus
-    ``centre_weight`` times the binary cross-entropy of channel 1 against the centre map (soft targets in [0, 1]).
+    """The loss of the objects model, whose output channels are the object mask, the centre map and, optionally, the
+    contact map (:func:`scripts.instances.object_targets`): ``mask_loss`` (the Focal Tversky loss) on channel 0,
+    plus ``centre_weight`` times the binary cross-entropy of channel 1 against the centre map (soft targets in
+    [0, 1]), plus, with 3 channels, ``contact_weight`` times the binary cross-entropy and the Dice loss (over the
+    batch, so that patches without contacts count) of channel 2 against the contact map.
 
-    ``input``: ``(B, 2, *spatial)`` logits; ``target``: ``(B, 2, *spatial)``. Returns a scalar.
+    ``input``: ``(B, 2|3, *spatial)`` logits; ``target``: the same shape. Returns a scalar.
     """
 
-    def __init__(self, mask_loss: _Loss, centre_weight: float = 1.0) -> None:
+    def __init__(self, mask_loss: _Loss, centre_weight: float = 1.0, contact_weight: float = 2.0) -> None:
         super().__init__()
         self.mask_loss = mask_loss
         self.centre_weight = centre_weight
+        self.contact_weight = contact_weight
+        self.contact_dice = DiceLoss(sigmoid=True, batch=True)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if input.shape[1] != 2 or target.shape[1] != 2:
+        if input.shape[1] not in (2, 3) or target.shape[1] != input.shape[1]:
             raise ValueError(
-                f"ObjectLoss takes 2 channels (mask, centre map), got {input.shape[1]} and {target.shape[1]}."
+                "ObjectLoss takes 2 channels (mask, centre map) or 3 (mask, centre map, contact map), got "
+                f"{input.shape[1]} and {target.shape[1]}."
             )
-        centre = torch.nn.functional.binary_cross_entropy_with_logits(input[:, 1:].float(), target[:, 1:].float())
-        return self.mask_loss(input[:, :1], target[:, :1]) + self.centre_weight * centre
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        loss = self.mask_loss(input[:, :1], target[:, :1])
+        loss = loss + self.centre_weight * bce(input[:, 1:2].float(), target[:, 1:2].float())
+        if input.shape[1] == 3:
+            logits, contact = input[:, 2:].float(), target[:, 2:].float()
+            loss = loss + self.contact_weight * (bce(logits, contact) + self.contact_dice(logits, contact))
+        return loss

@@ -22,7 +22,7 @@ from monai.utils import MetaKeys, SpaceKeys
 from PIL import Image
 
 from scripts import as_bool
-from scripts.data import to_grayscale
+from scripts.data import to_colour, to_grayscale
 
 __all__ = ["STACK_SUFFIXES", "StackReader", "read_stack", "image_reader"]
 
@@ -102,10 +102,13 @@ class StackReader(ImageReader):
         return xyz, meta
 
 
-def image_reader(stacks: bool | str = False, spatial_dims: int = 2) -> ImageReader | list[ImageReader]:
-    """The reader(s) of ``LoadImaged``: 2D images as grayscale ``(X, Y)`` (``PILReader``), or, with ``stacks`` or
-    ``spatial_dims`` 3, NIfTI volumes and TIFF/PNG stacks as ``(X, Y, Z)`` (``NibabelReader``, :class:`StackReader`).
+def image_reader(
+    stacks: bool | str = False, spatial_dims: int = 2, colour: bool | str = False
+) -> ImageReader | list[ImageReader]:
+    """The reader(s) of ``LoadImaged``: 2D images as grayscale ``(X, Y)`` (``PILReader``; with ``colour``, 8-bit
+    colour images as ``(X, Y, 3)`` RGB, for training's stain augmentation), or, with ``stacks`` or ``spatial_dims``
+    3, NIfTI volumes and TIFF/PNG stacks as ``(X, Y, Z)`` (``NibabelReader``, :class:`StackReader`).
     """
     if as_bool(stacks) or int(spatial_dims) == 3:
         return [NibabelReader(), StackReader()]
-    return PILReader(converter=to_grayscale)
+    return PILReader(converter=to_colour if as_bool(colour) else to_grayscale)

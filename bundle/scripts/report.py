@@ -293,7 +293,9 @@ def plot_segments(items: list[dict], pred_dir: str | os.PathLike, out_file: str 
 
 
 def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike) -> dict:
-    """Training loss (per epoch mean) and validation Dice per epoch from TensorBoard event files."""
+    """Learning curve from TensorBoard event files: training loss (per epoch mean) and, per epoch, the validation
+    mean Dice and, when logged (objects), the validation DSB2018 score, against epochs and hours of training (the
+    events' wall time; runs resumed across sessions count only their own time, not the gaps between them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,12 +303,15 @@ def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars: dict[str, dict[int, float]] = defaultdict(dict)
+    times: dict[int, float] = {}  # wall time of each validation
     for f in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
         acc = EventAccumulator(str(f))
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             for e in acc.Scalars(tag):
                 scalars[tag][e.step] = e.value
+                if tag == "val_mean_dice":
+                    times[e.step] = e.wall_time
     loss = scalars.get("train_loss", {})
     dice = scalars.get("val_mean_dice", {})
     if not dice:
@@ -317,19 +322,46 @@ def plot_training_curves(tb_dir: str | os.PathLike, out_file: str | os.PathLike)
         np.mean([v for s, v in loss.items() if (e - 1) * iters_per_epoch < s <= e * iters_per_epoch] or [np.nan])
         for e in epochs
     ]
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(epochs, epoch_loss, "C0-", label="training loss (Focal Tversky)")
+    # hours: the sum of the gaps between validations, a gap over 3 median epochs (a pause between sessions)
+    # counted as one median epoch
+    gaps = np.diff([times[e] for e in epochs]) if len(epochs) > 1 else np.zeros(0)
+    median = float(np.median(gaps)) if gaps.size else 0.0
+    gaps = np.where(gaps > 3 * median, median, gaps)
+    hours = np.concatenate([[median], median + np.cumsum(gaps)]) / 3600
+    dsb = scalars.get("val_dsb_score", {})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(epochs, epoch_loss, "C0-o", markersize=3)
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss", color="C0")
-    ax2 = ax1.twinx()
+    ax1.set_ylabel("training loss (mean over the epoch)")
+    ax1.grid(alpha=0.3)
     ax2.plot(epochs, [dice[e] for e in epochs], "C1-o", markersize=3, label="validation mean Dice")
-    ax2.set_ylabel("validation mean Dice", color="C1")
-    fig.legend(loc="center right")
+    if dsb:
+        ax2.plot(epochs, [dsb.get(e, np.nan) for e in epochs], "C2-o", markersize=3, label="validation DSB2018 score")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation score")
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="lower right")
+    top = ax2.secondary_xaxis(
+        "top", functions=(lambda e: np.interp(e, epochs, hours), lambda h: np.interp(h, hours, epochs))
+    )
+    top.set_xlabel("hours of training")
     fig.tight_layout()
     fig.savefig(out_file, dpi=80)
     plt.close(fig)
     best = max(epochs, key=lambda e: dice[e])
-    return {"epochs": len(epochs), "best_epoch": best, "best_val_mean_dice": dice[best]}
+    result = {
+        "epochs": len(epochs),
+        "hours": round(float(hours[-1]), 2),
+        "best_epoch": best,
+        "best_val_mean_dice": dice[best],
+    }
+    if dsb:
+        best_dsb = max(dsb, key=dsb.get)
+        result.update(
+            best_dsb_epoch=best_dsb, best_val_dsb_score=dsb[best_dsb], val_dsb_score={e: dsb[e] for e in sorted(dsb)}
+        )
+    result["val_mean_dice"] = {e: dice[e] for e in epochs}
+    return result
 
 
 _ITER = re.compile(r"Epoch: \d+/\d+, Iter: \d+/(\d+) -- train_loss")

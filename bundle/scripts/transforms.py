@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, RandomizableTransform
 from monai.visualize import blend_images
 
 from scripts import as_bool
@@ -20,7 +20,9 @@ from scripts.instances import (
     segments_from_boundaries,
 )
 
-__all__ = ["Overlayd", "LabelTargetsd", "Instancesd"]
+__all__ = ["Overlayd", "LabelTargetsd", "Instancesd", "RandStainGrayd", "LUMINANCE"]
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's "L" conversion
 
 
 def _as_meta(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -35,7 +37,7 @@ class LabelTargetsd(MapTransform):
     ``objects=False``, or an instance ``method`` other than ``"nuclei"`` (see :class:`Instancesd`: EM neurons and
     mitochondria train on the mask alone): the binary mask ``(1, *spatial)``. ``objects=True`` with ``"nuclei"``:
     ``(2, *spatial)``, the object mask and the centre map of :func:`scripts.instances.object_targets` (a mask is
-    taken as its connected components).
+    taken as its connected components); with ``contact``, ``(3, *spatial)``: the contact map as channel 2.
     ``instances_key``: also keep the instance ids ``(1, *spatial)`` under that key (for object scores).
     """
 
@@ -45,9 +47,11 @@ class LabelTargetsd(MapTransform):
         objects: bool | str = True,
         instances_key: str | None = None,
         method: str = "nuclei",
+        contact: bool | str = False,
     ) -> None:
         super().__init__(keys)
         self.objects = as_bool(objects) and method == "nuclei"
+        self.contact = as_bool(contact)
         self.instances_key = instances_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -57,7 +61,7 @@ class LabelTargetsd(MapTransform):
             if self.instances_key is not None:
                 d[self.instances_key] = label.clone()
             if self.objects:
-                d[key] = _as_meta(object_targets(label[0].detach().cpu().numpy()), label)
+                d[key] = _as_meta(object_targets(label[0].detach().cpu().numpy(), self.contact), label)
             else:
                 d[key] = (label >= 0.5).to(torch.float32)
         return d
@@ -67,8 +71,9 @@ class Instancesd(MapTransform):
     """Objects from the network's probabilities under ``keys``, written to ``d[instances_key]`` as instance ids
     ``(1, *spatial)`` (0 background), by ``method``:
 
-    - ``"nuclei"``: probabilities ``(2, *spatial)`` (object mask, centre map), seeded watershed
-      (:func:`scripts.instances.instances_from_probabilities`); ``keys`` keeps only the mask channel;
+    - ``"nuclei"``: probabilities ``(2, *spatial)`` (object mask, centre map) or ``(3, *spatial)`` (and contact
+      map), seeded watershed (:func:`scripts.instances.instances_from_probabilities` with ``seeds``, ``h``,
+      ``sigma``, ``seed_threshold``); ``keys`` keeps only the mask channel;
     - ``"neurons"``: a membrane probability ``(1, H, W[, D])``, one id per region between membranes, section by
       section along the last axis (:func:`scripts.instances.segments_from_boundaries` with ``sigma``, ``h``,
       ``merge_threshold``); ``keys`` unchanged;
@@ -93,6 +98,7 @@ class Instancesd(MapTransform):
         min_size: int = 0,
         centre_weight: float = 8.0,
         merge_threshold: float = 0.7,
+        seed_threshold: float = 0.5,
     ) -> None:
         super().__init__(keys)
         if method not in self.METHODS:
@@ -100,18 +106,21 @@ class Instancesd(MapTransform):
         self.instances_key = instances_key
         self.method = method
         self.params = {"threshold": threshold, "seeds": seeds, "h": h, "sigma": sigma, "min_size": min_size}
-        self.params["centre_weight"] = centre_weight
+        self.params.update(centre_weight=centre_weight, seed_threshold=seed_threshold)
         self.merge_threshold = merge_threshold
 
     def _instances(self, key: Hashable, p: np.ndarray) -> np.ndarray:
-        expected = 2 if self.method == "nuclei" else 1
-        if p.shape[0] != expected:
-            raise ValueError(
-                f"Instancesd ({self.method}): {key!r} needs {expected} channel(s), got {p.shape[0]}"
-                + (" (object mask, centre map)." if expected == 2 else ".")
-            )
+        if self.method != "nuclei":
+            needs, ok = "1 channel", p.shape[0] == 1
+        elif self.params["seeds"] == "contact":
+            needs, ok = "3 channels (object mask, centre map, contact map)", p.shape[0] == 3
+        else:
+            needs, ok = "2 or 3 channels (object mask, centre map[, contact map])", p.shape[0] in (2, 3)
+        if not ok:
+            raise ValueError(f"Instancesd ({self.method}): {key!r} needs {needs}, got {p.shape[0]}.")
         if self.method == "nuclei":
-            return instances_from_probabilities(p[0], p[1], **self.params)
+            contact = p[2] if p.shape[0] == 3 else None
+            return instances_from_probabilities(p[0], p[1], contact_prob=contact, **self.params)
         if self.method == "neurons":
             h, sigma = self.params["h"], self.params["sigma"]
             return segments_from_boundaries(p[0], sigma=sigma, h=h, merge_threshold=self.merge_threshold)
@@ -168,4 +177,68 @@ class Overlayd(MapTransform):
             if isinstance(image, MetaTensor):  # keep the file name and geometry for SaveImaged
                 blended = MetaTensor(torch.as_tensor(blended), meta=dict(image.meta))
             d[self.output_key] = blended
+        return d
+
+
+class RandStainGrayd(RandomizableTransform, MapTransform):
+    """Colour and stain augmentation of an RGB or gray image, ending in one gray channel: ``(C, *spatial)`` with
+    ``C`` 1 (gray), 3 (RGB) or 4 (RGBA, alpha dropped), intensities in any range -> ``(1, *spatial)`` float32.
+
+    On colour images (channels that differ, as H&E and stained brightfield): with probability ``stain_prob`` the
+    stains are jittered in haematoxylin-eosin-DAB space (scikit-image's ``rgb2hed``/``hed2rgb`` of the image scaled
+    to [0, 1]; each stain's density scaled by ``U(1 - stain_scale, 1 + stain_scale)`` and shifted by
+    ``U(-stain_shift, stain_shift)``, Tellez et al. 2018), and with probability ``weights_prob`` the gray
+    conversion uses random channel weights (each of :data:`LUMINANCE` times ``U(0.5, 1.5)``, summing to 1) instead
+    of the luminance. Then, on every image, with probability ``invert_prob`` the gray image is inverted within its
+    range (``min + max - x``): dark nuclei on a light background look like fluorescence and the reverse. With all
+    probabilities 0 it is the deterministic luminance conversion of the inference reader.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        stain_prob: float = 0.5,
+        stain_scale: float = 0.2,
+        stain_shift: float = 0.05,
+        weights_prob: float = 0.3,
+        invert_prob: float = 0.2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.stain_prob, self.stain_scale, self.stain_shift = stain_prob, stain_scale, stain_shift
+        self.weights_prob, self.invert_prob = weights_prob, invert_prob
+
+    def _gray(self, rgb: np.ndarray) -> np.ndarray:
+        """``(3, *spatial)`` -> ``(*spatial)`` float32, with the random stain and weights of this call."""
+        rgb = rgb.astype(np.float32)
+        if np.any(rgb[0] != rgb[1]) or np.any(rgb[1] != rgb[2]):  # colour (a gray image stored as RGB is not)
+            if self.R.rand() < self.stain_prob:
+                from skimage.color import hed2rgb, rgb2hed
+
+                top = 255.0 if rgb.max() > 1 else 1.0
+                hed = rgb2hed(np.clip(np.moveaxis(rgb, 0, -1) / top, 0, 1))
+                scale = self.R.uniform(1 - self.stain_scale, 1 + self.stain_scale, 3)
+                shift = self.R.uniform(-self.stain_shift, self.stain_shift, 3)
+                rgb = np.moveaxis(np.clip(hed2rgb(hed * scale + shift), 0, 1), -1, 0).astype(np.float32) * top
+            weights = np.asarray(LUMINANCE, np.float32)
+            if self.R.rand() < self.weights_prob:
+                weights = weights * self.R.uniform(0.5, 1.5, 3).astype(np.float32)
+                weights /= weights.sum()
+            return np.tensordot(weights, rgb, axes=1)
+        return rgb[0]
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+            if array.shape[0] not in (1, 3, 4):
+                raise ValueError(
+                    f"RandStainGrayd: {key!r} needs 1, 3 or 4 channels (gray, RGB, RGBA), got {array.shape[0]}."
+                )
+            gray = self._gray(array[:3]) if array.shape[0] >= 3 else array[0].astype(np.float32)
+            if self.R.rand() < self.invert_prob:
+                gray = gray.min() + gray.max() - gray
+            d[key] = _as_meta(gray[None], image) if isinstance(image, torch.Tensor) else gray[None]
         return d
