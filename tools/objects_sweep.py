@@ -39,8 +39,8 @@ def probabilities(
 ) -> list[dict]:
     """``[{"id", "group", "prob" (C, Y, X), "true" (Y, X) instance ids}]`` for the first ``limit`` items of ``key``
     (``C`` 2: mask, centre map; 3: and the contact map; ``out_channels`` default: the weights')."""
+    state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
     if out_channels is None:
-        state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
         out_channels = int(state["head.conv.weight"].shape[0])
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
@@ -49,7 +49,6 @@ def probabilities(
     network = parser.get_parsed_content("network")
     members = parser.get_parsed_content("ensemble_networks") if ensemble else None
     if not ensemble:
-        state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
         network.load_state_dict(state)
         network.eval()
     inferer = parser.get_parsed_content("inferer")

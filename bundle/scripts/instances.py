@@ -64,7 +64,11 @@ def contact_map(label: np.ndarray) -> np.ndarray:
     ``w`` 1, 2 or 3 pixels for objects of under 300, under 2000 or more pixels and 3 (6 where the largest object
     exceeds 4000 pixels) on the background (:data:`CONTACT_WINDOWS`). 2D or 3D; a binary mask is taken as its
     connected components (and has no contacts)."""
-    instances = as_instances(label)
+    return _contacts(as_instances(label))
+
+
+def _contacts(instances: np.ndarray) -> np.ndarray:
+    """:func:`contact_map` of an instance label image already numbered ``1..N`` (:func:`as_instances`)."""
     mask = instances > 0
     if int(instances.max()) < 2:
         return np.zeros(instances.shape, bool)
@@ -80,7 +84,8 @@ def contact_map(label: np.ndarray) -> np.ndarray:
 
     near = ndimage.binary_dilation(mask, structure=np.ones((9,) * ndim, bool))
     lines = near & (watershed(near, instances, mask=near, watershed_line=True) == 0)
-    touching = mask & two_ids(1)  # objects in direct contact have no watershed line between them
+    boxes = {1: two_ids(1)}
+    touching = mask & boxes[1]  # objects in direct contact have no watershed line between them
     gaps = ndimage.binary_dilation(lines | touching, structure=np.ones((7,) * ndim, bool))
     areas = np.bincount(instances.ravel())
     area = areas[instances]
@@ -90,7 +95,7 @@ def contact_map(label: np.ndarray) -> np.ndarray:
     width = np.where(mask, w_object, w_gap)
     contact = np.zeros(instances.shape, bool)
     for w in np.unique(width[gaps]):
-        contact |= gaps & (width == w) & two_ids(w)
+        contact |= gaps & (width == w) & (boxes[w] if w in boxes else two_ids(w))
     return contact
 
 
@@ -110,7 +115,7 @@ def object_targets(label: np.ndarray, contact: bool = False) -> np.ndarray:
     distance = ndimage.distance_transform_edt(inner) + mask  # 1 on the border, growing inwards
     peak = np.asarray(ndimage.maximum(distance, instances, np.arange(1, n + 1)), dtype=np.float64)
     centre = np.where(mask, distance / peak[np.maximum(instances, 1) - 1], 0.0)
-    targets = [mask, centre] + ([contact_map(instances)] if contact else [])
+    targets = [mask, centre] + ([_contacts(instances)] if contact else [])
     return np.stack(targets).astype(np.float32)
 
 

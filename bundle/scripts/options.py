@@ -40,7 +40,11 @@ MEANINGS = {
     "save_overlay": "inference: also write <name>_overlay.png, the image with the result drawn over it",
     "save_probabilities": "inference: also write <name>_prob.png, the probabilities",
     "threshold": "probability above which a pixel is foreground",
-    "seeds": "objects: what seeds one object each: both (distance to the mask's edge + 8 x centre map), distance, centre",
+    "seeds": (
+        "objects: what seeds one object each: both (distance to the mask's edge + 8 x centre map), distance, centre, "
+        "contact (mask x (1 - contact map), 3-channel weights)"
+    ),
+    "seed_threshold": "objects, contact seeds: the mask x (1 - contact map) level above which a region seeds an object",
     "seed_h": "objects: how much a peak of the seed landscape must rise to seed an object (higher splits less)",
     "seed_sigma": "objects: Gaussian smoothing (pixels) of the seed landscape",
     "min_object_size": "objects: drop objects (and their mask pixels) under this many pixels (0 keeps all)",
