@@ -253,7 +253,7 @@ def load_ensemble(
     with ``fold_batch_norm``, each copy's BatchNorm layers folded into its convolutions (inference only)."""
     members = []
     for f in ensemble_files(ensemble_dir):
-        members.append(load_weights(copy.deepcopy(network), f, device, fold_batch_norm).to(device))
+        members.append(load_weights(copy.deepcopy(network), f, device, as_bool(fold_batch_norm)).to(device))
     return members
 
 

@@ -22,8 +22,6 @@ from monai.networks.layers.factories import Act, Pool
 from monai.networks.nets.attentionunet import AttentionBlock
 from monai.utils import ensure_tuple_rep
 
-from scripts import as_bool
-
 __all__ = [
     "InferenceReLU",
     "RecurrentUnit",
@@ -297,6 +295,9 @@ class R2AttUNet(nn.Module):
             results, less memory, about a third more compute per step): each level keeps its input, its projection
             and its first recurrent unit's output; pooling, upsampling, attention gate and concatenation are
             recomputed with the projection and each recurrent unit on its own (see :meth:`R2Block.recompute`).
+        axes_order: order of the spatial axes of the input: ``"xyz"``, MONAI's readers' ``(X, Y[, Z])``, which the
+            bundle's weights learnt, or ``"zyx"``, numpy's ``([Z,] Y, X)`` (tifffile, napari, bioimage.io): the
+            network reverses them in and out, so the same weights give the same result on either.
 
     Input ``(B, in_channels, *spatial)`` with every spatial size divisible by the product of its strides
     (16 for the default 4 poolings); output ``(B, out_channels, *spatial)`` logits.
@@ -317,10 +318,16 @@ class R2AttUNet(nn.Module):
         strides: Sequence[int | Sequence[int]] | None = None,
         memory_saving: bool = False,
         kernel_size: int | Sequence[int | Sequence[int]] = 3,
+        axes_order: str = "xyz",
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
+        if axes_order not in ("xyz", "zyx"):
+            raise ValueError(f"axes_order must be 'xyz' or 'zyx', got {axes_order!r}.")
+        # "zyx": inputs in numpy order (B, C, [Z,] Y, X), reversed to the (X, Y[, Z]) order the weights learnt
+        self.reverse_axes = axes_order == "zyx"
+        self.axes_permutation = [0, 1] + list(range(spatial_dims + 1, 1, -1))
         channels = [int(c) for c in channels]
         if len(channels) < 2:
             raise ValueError(f"channels needs at least 2 levels, got {channels}.")
@@ -347,7 +354,7 @@ class R2AttUNet(nn.Module):
                 time_steps,
                 recurrent=recurrent,
                 residual=residual,
-                memory_saving=as_bool(memory_saving),
+                memory_saving=memory_saving,
                 kernel_size=self.kernel_size[level],
             )
 
@@ -388,6 +395,11 @@ class R2AttUNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reverse_axes:
+            return self._forward(x.permute(self.axes_permutation)).permute(self.axes_permutation)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         skips: list[torch.Tensor] = []
         for level in self.encoder:
             x = level(x)
@@ -434,7 +446,7 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
 
 
 def load_weights(
-    network: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu", fold: bool | str = False
+    network: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu", fold: bool = False
 ) -> nn.Module:
     """Load the weights at ``path`` (a ``state_dict``, or a checkpoint holding one under ``model``) into ``network``
     and put it in eval mode, with BatchNorm folded (:func:`fold_batch_norm`) when ``fold`` is set. Weights that do
@@ -447,7 +459,7 @@ def load_weights(
     except RuntimeError as e:
         raise RuntimeError(mismatch_message(path, state, network)) from e
     network.eval()
-    return fold_batch_norm(network) if as_bool(fold) else network
+    return fold_batch_norm(network) if fold else network
 
 
 def describe_state_dict(state: dict) -> str:
