@@ -12,6 +12,9 @@ release it is what ``--source github --repo owner/repo/tag`` fetches. Entries ar
 the same files give the same archive, which is written atomically. Files over 25 MB (the Model Zoo's limit for a
 file in a bundle) are refused.
 
+``python -m tools.package bioimageio --preset nuclei|em2d|em3d|em2d_mito --out DIR [--image FILE]`` writes a
+BioImage Model Zoo package of a preset (:mod:`tools.bmz`).
+
 ``python -m tools.package large_files [--url_base URL]`` writes the same ``large_files.yml`` into the bundle root, as
 the Model Zoo wants it there; run it whenever the weights change (a test checks that it matches them).
 """
@@ -144,4 +147,6 @@ def package(out: str, name: str = BUNDLE_NAME, url_base: str | None = URL_BASE, 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fire.Fire({"archive": package, "large_files": write_large_files})
+    from tools.bmz import package_bioimageio
+
+    fire.Fire({"archive": package, "large_files": write_large_files, "bioimageio": package_bioimageio})
