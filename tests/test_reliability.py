@@ -232,6 +232,10 @@ def test_sigkill_then_resume_then_nan_stop(tmp_path):
     assert [p.name for p in state_dir.glob("checkpoint_*.pt")] == ["checkpoint_4.pt"]
     state = torch.load(state_dir / "checkpoint_4.pt", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler", "trainer", "ensemble_saver", "best_saver"} <= set(state)
+    # the evaluator's best key metric of the whole run (epochs before and after the resume) travels with the state
+    best = state["best_saver"]
+    assert best["best_metric"] == pytest.approx(max(float(p) for p, _ in best["_saved"]))
+    assert 1 <= best["best_metric_epoch"] <= 4
     assert state["trainer"]["iteration"] == 4 * state["trainer"]["epoch_length"]
     assert len(list((tmp_path / "models" / "ensemble").glob("*.pt"))) == 3
 
@@ -254,6 +258,36 @@ def test_sigkill_then_resume_then_nan_stop(tmp_path):
     assert proc.returncode != 0
     assert "loss is nan at epoch 5, iteration 1 of 2" in proc.stdout + proc.stderr
     assert (state_dir / "checkpoint_4.pt").read_bytes() == before
+
+
+def test_saver_state_restores_the_best_metric():
+    """A resumed run compares its validation scores with the best of the run so far, not with a fresh -1, so that
+    "Got new best metric" and the best epoch stay right; a state from before 0.11 falls back to the saver's score."""
+    from ignite.engine import Engine
+    from monai.handlers import CheckpointSaver
+
+    from scripts.handlers import SaverState
+
+    def evaluator(best=-1.0, epoch=-1):
+        engine = Engine(lambda e, b: None)
+        engine.state.best_metric, engine.state.best_metric_epoch = best, epoch
+        return engine
+
+    saver = CheckpointSaver("unused", {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
+    saver._key_metric_checkpoint.load_state_dict({"_saved": [(0.45, "model.pt")]})
+    state = SaverState(saver, evaluator(0.45, 17)).state_dict()
+    assert state["best_metric"] == 0.45 and state["best_metric_epoch"] == 17
+
+    fresh = evaluator()
+    SaverState(
+        CheckpointSaver("unused", {"model": torch.nn.Linear(1, 1)}, save_key_metric=True), fresh
+    ).load_state_dict(state)
+    assert (fresh.state.best_metric, fresh.state.best_metric_epoch) == (0.45, 17)
+    old = evaluator()
+    restored = CheckpointSaver("unused", {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
+    SaverState(restored, old).load_state_dict({"_saved": [(0.44, "model.pt")]})
+    assert old.state.best_metric == 0.44 and old.state.best_metric_epoch == 0
+    assert restored._key_metric_checkpoint.state_dict()["_saved"][0][0] == 0.44
 
 
 def test_same_seed_same_run(tmp_path):

@@ -42,18 +42,36 @@ _STATE_PATTERN = "checkpoint_*.pt"
 
 class SaverState:
     """The top-k tracking list of a MONAI :class:`~monai.handlers.CheckpointSaver` as a ``state_dict`` item, so that a
-    resumed training keeps the checkpoint ensemble (and the best model) it had built instead of starting anew."""
+    resumed training keeps the checkpoint ensemble (and the best model) it had built instead of starting anew; with
+    ``evaluator``, also the evaluator's best key metric and its epoch, so that "Got new best metric" after a resume
+    compares with the best of the whole run (a state without them takes the saver's best score, epoch unknown)."""
 
-    def __init__(self, saver: CheckpointSaver) -> None:
+    def __init__(self, saver: CheckpointSaver, evaluator: Engine | None = None) -> None:
         self.saver = saver
+        self.evaluator = evaluator
 
     def state_dict(self) -> dict:
         checkpoint = self.saver._key_metric_checkpoint  # the ignite Checkpoint that keeps the top-k list
-        return checkpoint.state_dict() if checkpoint is not None else {}
+        state = checkpoint.state_dict() if checkpoint is not None else {}
+        if state and self.evaluator is not None:
+            state["best_metric"] = float(self.evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
-        if state:
-            self.saver.load_state_dict(dict(state))
+        state = dict(state)
+        best, best_epoch = state.pop("best_metric", None), state.pop("best_metric_epoch", None)
+        if not state:
+            return
+        self.saver.load_state_dict(state)
+        saved = state.get("_saved") or []
+        if self.evaluator is None or not saved:
+            return
+        if best is None:  # a state written before 0.11: the saver's best score
+            best, best_epoch = max(float(item[0]) for item in saved), 0
+        if int(best_epoch) >= 0:
+            self.evaluator.state.best_metric = float(best)
+            self.evaluator.state.best_metric_epoch = int(best_epoch)
 
 
 class TrainingStateSaver:
@@ -274,11 +292,17 @@ def eval_network(network: torch.nn.Module, ema: WeightEMA | None) -> torch.nn.Mo
     return network if ema is None else ema.ema_model
 
 
-def training_state(objects: Mapping[str, Any], ema: WeightEMA | None = None) -> dict[str, Any]:
+def training_state(
+    objects: Mapping[str, Any], ema: WeightEMA | None = None, evaluator: Engine | None = None
+) -> dict[str, Any]:
     """The training state for ``--resume``: ``objects`` (model, optimizer, trainer...) without those a run does not
-    have (``None``), checkpoint savers as their :class:`SaverState` (which checkpoints they keep), and the weight
-    average's model as ``ema_model`` when there is one."""
-    state = {k: SaverState(v) if isinstance(v, CheckpointSaver) else v for k, v in objects.items() if v is not None}
+    have (``None``), checkpoint savers as their :class:`SaverState` (which checkpoints they keep, and ``evaluator``'s
+    best key metric), and the weight average's model as ``ema_model`` when there is one."""
+    state = {
+        k: SaverState(v, evaluator) if isinstance(v, CheckpointSaver) else v
+        for k, v in objects.items()
+        if v is not None
+    }
     if ema is not None:
         state["ema_model"] = ema.ema_model
     return state
