@@ -292,13 +292,13 @@ def test_saver_state_restores_the_best_metric():
 
 def test_same_seed_same_run(tmp_path):
     losses, weights = [], []
-    for run in ("a", "b"):
-        args = _train_args(tmp_path / run, 2)
+    for run in ("a", "b"):  # one epoch each, no validation: the training itself is what must repeat
+        args = _train_args(tmp_path / run, 1)
         args[args.index("--num_workers") + 1] = "2"
-        out = run_bundle(*args).stdout
+        out = run_bundle(*args, "--val_interval", "2").stdout
         losses.append([line.split("train_loss:")[1].strip() for line in out.splitlines() if "train_loss:" in line])
         weights.append(
-            torch.load(tmp_path / run / "models" / "checkpoints" / "checkpoint_2.pt", weights_only=False)["model"]
+            torch.load(tmp_path / run / "models" / "checkpoints" / "checkpoint_1.pt", weights_only=False)["model"]
         )
     assert losses[0] and losses[0] == losses[1]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
