@@ -28,7 +28,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +36,7 @@ from pathlib import Path
 import fire
 import numpy as np
 
-from scripts.data import write_json_atomic
+from scripts.files import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = [
     "Row",
@@ -568,16 +567,7 @@ def write_csv(table: int, results: dict, path: str | os.PathLike) -> None:
                     r["eval_seconds"],
                 ]
             )
-    _write_text_atomic(buf.getvalue(), path)
-
-
-def _write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(buf.getvalue(), path)
 
 
 def comparisons(table: int, agg: list[dict], results: dict) -> list[tuple[str, str, dict, dict, dict]]:
@@ -758,13 +748,9 @@ def plot_table(table: int, agg: list[dict], path: str | os.PathLike) -> None:
         pr.set_title("precision vs recall" + (" (cell interior)" if ds == "isbi2012" else ""))
         pr.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(
@@ -834,7 +820,7 @@ def main(
     agg = aggregate(all_rows, results)
     docs_dir = Path(docs)
     write_csv(table, results, docs_dir / f"ablation_table{table}.csv")
-    _write_text_atomic(markdown_table(table, agg, results), docs_dir / f"ablation_table{table}.md")
+    write_text_atomic(markdown_table(table, agg, results), docs_dir / f"ablation_table{table}.md")
     plot_table(table, agg, docs_dir / "figures" / f"ablation_table{table}.png")
     missing = [f"{e['row'].dataset} {e['row'].key}" for e in agg if e["n_seeds"] < len(seeds)]
     logger.info("table %d: %d/%d rows complete; written to %s", table, len(agg) - len(missing), len(agg), docs_dir)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import fire
 import torch
 
+from scripts.files import atomic_path
 from scripts.networks import R2AttUNet
-from scripts.writers import atomic_path
 
 
 def add_output_channels(state: dict, out_channels: int = 2, seed: int = 0, **network: object) -> dict:

@@ -18,7 +18,7 @@ from monai.bundle import ConfigParser
 from torch.optim.swa_utils import update_bn
 
 from scripts.evaluation import ensemble_files
-from scripts.writers import atomic_path
+from scripts.files import atomic_path
 from tools import BUNDLE
 
 

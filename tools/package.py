@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import fire
 
 from scripts.download import file_md5
+from scripts.files import atomic_path, write_text_atomic
 from tools import BUNDLE
 
 __all__ = ["BUNDLE_NAME", "MAX_FILE_BYTES", "bundle_files", "large_files_yaml", "package"]
@@ -101,10 +100,7 @@ def write_large_files(bundle_root: str | None = None, url_base: str = URL_BASE, 
     version = json.loads((root / "configs" / "metadata.json").read_text())["version"]
     _, weights = bundle_files(root)
     text = large_files_yaml(root, weights, url_base.format(name=name, version=version))
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".large_files.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, root / "large_files.yml")
+    write_text_atomic(text, root / "large_files.yml")
     return str(root / "large_files.yml")
 
 
@@ -128,19 +124,11 @@ def package(out: str, name: str = BUNDLE_NAME, url_base: str | None = URL_BASE, 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_v{version}.zip"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w") as archive:
-            for f in files:
-                _add(archive, f"{name}/{f}", (root / f).read_bytes())
-            base = url_base.format(name=name, version=version) if url_base else None
-            _add(archive, f"{name}/large_files.yml", large_files_yaml(root, weights, base).encode())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for f in files:
+            _add(archive, f"{name}/{f}", (root / f).read_bytes())
+        base = url_base.format(name=name, version=version) if url_base else None
+        _add(archive, f"{name}/large_files.yml", large_files_yaml(root, weights, base).encode())
     logger.info(f"{target}: {len(files) + 1} files, {target.stat().st_size / 2**20:.1f} MB")
     return str(target)
 

@@ -37,10 +37,10 @@ except ImportError as e:  # zarr 2 (Python 3.10) or none
 
 from scripts import InputError, as_bool
 from scripts.distributed import init_processes
+from scripts.files import atomic_path, write_json_atomic, write_text_atomic
 from scripts.inferers import WholeImageInferer
 from scripts.instances import object_table
 from scripts.networks import load_weights
-from scripts.writers import write_text_atomic
 
 __all__ = [
     "open_array",
@@ -254,10 +254,6 @@ def _file_axes(t: torch.Tensor) -> np.ndarray:
     return a.transpose(tuple(range(a.ndim))[::-1])
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    write_text_atomic(json.dumps(data, indent=1), path)
-
-
 def _fingerprint(path: str, arr: zarr.Array, info: dict, options: dict) -> dict:
     return {
         "input": os.path.abspath(path),
@@ -399,7 +395,7 @@ class BlockInference:
         shape = _spatial_shape(arr, info)
         self._create(work, stem, info, shape, chunks)
         run = {"fingerprint": fingerprint, "mean": mean, "std": std, "chunks": list(chunks)}
-        _atomic_json(record, run)
+        write_json_atomic(run, record, indent=1)
         return run
 
     def _read_block(
@@ -556,7 +552,7 @@ class BlockInference:
         if ids is not None:
             count = int(ids.max(initial=0))
             targets["ids"][block] = np.where(ids > 0, ids + (np.uint64(i + 1) << np.uint64(32)), 0).astype(np.uint64)
-        _atomic_json(done_dir / f"{i}.json", {"block": i, "slices": _fmt(block), "objects": count})
+        write_json_atomic({"block": i, "slices": _fmt(block), "objects": count}, done_dir / f"{i}.json", indent=1)
 
     # ---- after all blocks -----------------------------------------------------------------------------------
     def _finish(self, path: str, info: dict, grid: BlockGrid, work: Path, stem: str, targets: dict) -> list[str]:
@@ -638,7 +634,7 @@ class BlockInference:
                         targets[name][sl] = part
             _accumulate(stats, final, [s.start for s in sl])
         _write_objects_csv(stats, self.output_dir / f"{stem}_objects.csv", info["axes"])
-        _atomic_json(work / "instances.json", {"objects": len(labels)})
+        write_json_atomic({"objects": len(labels)}, work / "instances.json", indent=1)
 
 
 def _fmt(slices: tuple[slice, ...]) -> str:
@@ -685,7 +681,6 @@ def _zarr_to_tiff(array: zarr.Array, path: Path) -> None:
     """Write ``array`` (``(Z, Y, X)`` or ``(Y, X)``) as a TIFF, one page at a time, atomically."""
     import tifffile
 
-    tmp = path.with_name(f".{path.name}.tmp")
     pages = array.shape[0] if array.ndim == 3 else 1
 
     def page_iter() -> Iterator[np.ndarray]:
@@ -694,5 +689,5 @@ def _zarr_to_tiff(array: zarr.Array, path: Path) -> None:
 
     shape = tuple(array.shape) if array.ndim == 3 else (1, *array.shape)
     imagej = np.dtype(array.dtype) in (np.uint8, np.uint16)
-    tifffile.imwrite(str(tmp), page_iter(), shape=shape, dtype=array.dtype, imagej=imagej)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(str(tmp), page_iter(), shape=shape, dtype=array.dtype, imagej=imagej)

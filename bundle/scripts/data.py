@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from monai.data import load_decathlon_datalist, partition_dataset_classes
 from PIL import Image
 
 from scripts import InputError, MissingInputError
+from scripts.files import atomic_path, save_png_atomic, write_json_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -38,7 +38,6 @@ __all__ = [
     "prepare_vnc",
     "prepare_folders",
     "split_datalist",
-    "write_json_atomic",
     "load_datalist",
     "list_images",
     "group_sampler",
@@ -81,28 +80,6 @@ def image_group(rgb: np.ndarray) -> str:
     return "fluorescence" if np.median(rgb[..., 0]) < 100 else "brightfield"
 
 
-def _save_png_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=4)
-    os.replace(tmp, path)
-
-
 def _convert_one(sample_dir: Path, out: Path) -> dict:
     sid = sample_dir.name
     image_file = sample_dir / "images" / f"{sid}.png"
@@ -127,8 +104,8 @@ def _convert_one(sample_dir: Path, out: Path) -> dict:
         label[mask] = index
     group = image_group(rgb)
     # colour images keep their colour (stain augmentation in training; the readers of inference convert to gray)
-    _save_png_atomic(rgb if group == "colour" else gray.astype(np.uint8), out / "images" / f"{sid}.png")
-    _save_png_atomic(label if len(mask_files) > 255 else label.astype(np.uint8), out / "labels" / f"{sid}.png")
+    save_png_atomic(rgb if group == "colour" else gray.astype(np.uint8), out / "images" / f"{sid}.png")
+    save_png_atomic(label if len(mask_files) > 255 else label.astype(np.uint8), out / "labels" / f"{sid}.png")
     return {"image": f"images/{sid}.png", "label": f"labels/{sid}.png", "id": sid, "group": group}
 
 
@@ -450,12 +427,12 @@ def prepare_isbi2012(
     datalist: dict[str, list[dict]] = {"training": [], "validation": [], "test": []}
     for k, (im, lb) in enumerate(zip(images, labels, strict=True)):
         name = f"slice_{k:02d}"
-        _save_png_atomic(im.astype(np.uint8), out / "images" / f"{name}.png")
-        _save_png_atomic(np.where(lb > 127, 0, 255).astype(np.uint8), out / "labels" / f"{name}.png")
+        save_png_atomic(im.astype(np.uint8), out / "images" / f"{name}.png")
+        save_png_atomic(np.where(lb > 127, 0, 255).astype(np.uint8), out / "labels" / f"{name}.png")
         item = {"image": f"images/{name}.png", "label": f"labels/{name}.png", "id": name}
         datalist["validation" if k in val_slices else "training"].append(item)
     for k, im in enumerate(test):
-        _save_png_atomic(im.astype(np.uint8), out / "test" / f"test_{k:02d}.png")
+        save_png_atomic(im.astype(np.uint8), out / "test" / f"test_{k:02d}.png")
         datalist["test"].append({"image": f"test/test_{k:02d}.png", "id": f"test_{k:02d}"})
     write_json_atomic(datalist, out / "datalist.json")
     logger.info(
@@ -488,8 +465,6 @@ def prepare_vnc(
     """
     import nibabel as nib
     import tifffile
-
-    from scripts.writers import atomic_path
 
     src, out = Path(src), Path(out)
     raw_files = sorted((src / "raw").glob("*.tif"))
@@ -528,8 +503,8 @@ def prepare_vnc(
         volumes[key] = [{"image": f"images/{key}.nii.gz", "label": f"labels/{key}.nii.gz", "id": key, "sections": ks}]
         for k in ks:
             name = raw_files[k].stem
-            _save_png_atomic(sections[k], out / "slices" / "images" / f"{name}.png")
-            _save_png_atomic(masks[k], out / "slices" / "labels" / f"{name}.png")
+            save_png_atomic(sections[k], out / "slices" / "images" / f"{name}.png")
+            save_png_atomic(masks[k], out / "slices" / "labels" / f"{name}.png")
             slices[key].append({"image": f"images/{name}.png", "label": f"labels/{name}.png", "id": name})
     write_json_atomic(volumes, out / "volumes" / "datalist.json")
     write_json_atomic(slices, out / "slices" / "datalist.json")

@@ -15,8 +15,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts import quiet
+from scripts.files import atomic_path
 from scripts.networks import R2AttUNet, inflate_state_dict, mismatch_message
-from scripts.writers import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,10 @@ from monai.transforms import SaveImage, SaveImaged
 from PIL import Image
 
 from scripts import as_bool
+from scripts.files import atomic_path, write_text_atomic
 from scripts.instances import object_table
 
 __all__ = [
-    "atomic_path",
-    "write_text_atomic",
     "AtomicPILWriter",
     "AtomicStackWriter",
     "image_writer",
@@ -33,30 +32,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield ``.<stem>.partial<suffix>`` next to ``path`` to write to; on success rename it over ``path``
-    (``os.replace`` is atomic on POSIX and Windows), on any error remove it. ``suffix`` defaults to ``path``'s own
-    (pass e.g. ``".nii.gz"`` for double suffixes, which writers use to pick the format)."""
-    path = Path(path)
-    suffix = path.suffix if suffix is None else suffix
-    stem = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.stem
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{stem}.partial{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def _csv_text(columns: dict) -> str:
