@@ -325,6 +325,19 @@ def test_segments_from_boundaries_finds_every_cell_and_keeps_thin_lines():
     assert stack.shape == (96, 96, 2) and stack.max() == 32 and not np.isin(stack[..., 0], stack[..., 1]).all()
 
 
+def test_small_segments_join_their_neighbours():
+    membrane, prob = _membrane_grid()
+    prob[30:34, 30:34] = 0.95  # a dark blob inside one cell ...
+    prob[31:33, 31:33] = 0.0  # ... around a small hole: its own segment of about 4 pixels
+    split = segments_from_boundaries(prob, sigma=0.0, h=0.05, merge_threshold=0.0)
+    joined = segments_from_boundaries(prob, sigma=0.0, h=0.05, merge_threshold=0.0, min_size=50)
+    assert split[32, 32] not in (0, split[27, 27])
+    assert joined[32, 32] == joined[27, 27] > 0  # the hole belongs to the cell around it
+    sizes, split_sizes = np.bincount(joined.ravel())[1:], np.bincount(split.ravel())[1:]
+    assert split_sizes.min() < 10 < sizes.min() and len(sizes) < len(split_sizes)  # sizes without the 1-pixel lines
+    assert (joined > 0).sum() >= (split > 0).sum() - 40  # no pixels lost to the background
+
+
 def test_components_in_3d_with_a_minimum_size():
     mask = np.zeros((20, 20, 5), bool)
     mask[2:8, 2:8, 1:4] = True  # 108 voxels through 3 sections: one object

@@ -7,6 +7,11 @@ from ``--ckpt_dir``), then every setting is scored on the same probabilities.
 Tune on training images (the network trained on them, but the post-processing did not), report on the validation
 split.
 
+``--objects neurons --pred_dir O`` chooses the neuron post-processing of the EM presets instead (``seed_sigma``,
+``seed_h``, ``merge_threshold``, ``min_object_size``) on the membrane probabilities ``<stem>_prob.png`` that
+``inference.json`` + ``em2d.json`` wrote with ``--save_probabilities true`` into ``O``, scored by the ISBI 2012
+V_rand and V_info pooled over the images.
+
 With weights of three output channels (mask, centre map, contact map) the contact seeds (``seeds=contact``,
 ``seed_threshold``) are compared too.
 
@@ -17,7 +22,6 @@ the connected components of the mask (the pixel model's answer) beside them; ``-
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import fire
@@ -28,7 +32,9 @@ from monai.data import Dataset
 from PIL import Image
 
 from scripts.data import load_datalist
-from scripts.instances import as_instances, instances_from_probabilities, matching_ratios
+from scripts.evaluation import pooled_rand_info, region_pairs
+from scripts.files import write_json_atomic
+from scripts.instances import as_instances, instances_from_probabilities, matching_ratios, segments_from_boundaries
 from tools import BUNDLE
 
 MODELS_DIR = str(BUNDLE / "models")
@@ -101,6 +107,39 @@ SEEDS = (
 )
 
 
+def neurons(
+    datalist: str,
+    pred_dir: str,
+    key: str = "training",
+    limit: int | None = None,
+    sigmas=(1.0,),
+    hs=(0.05,),
+    merge_thresholds=(0.6, 0.7, 0.75),
+    min_sizes=(0, 50, 100, 200, 400, 800),
+) -> dict:
+    """Pooled V_rand and V_info of the neuron segments, per setting, from the saved membrane probabilities of the
+    first ``limit`` items of ``key`` (the label: membranes 0, cells 255, as ``prepare isbi2012`` writes them)."""
+    items = load_datalist(datalist, key)[:limit]
+    probs, labels = [], []
+    for it in items:
+        path = Path(pred_dir) / f"{Path(it['image']).stem}_prob.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: run inference.json + em2d.json with --save_probabilities true first.")
+        probs.append(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0)
+        labels.append(np.asarray(Image.open(it["label"]).convert("L")) > 0)
+    table = {}
+    for sigma, h, merge, m in itertools.product(sigmas, hs, merge_thresholds, min_sizes):
+        pairs = [
+            region_pairs(segments_from_boundaries(p, sigma, h, merge_threshold=merge, min_size=m), t, segments=True)
+            for p, t in zip(probs, labels, strict=True)
+        ]
+        v_rand, v_info = pooled_rand_info(pairs)
+        name = f"seed_sigma={sigma} seed_h={h} merge_threshold={merge} min_object_size={m}"
+        table[name] = {"images": len(items), "V_rand": float(v_rand), "V_info": float(v_info)}
+        print(f"{name:<72} V_rand {v_rand:.4f}  V_info {v_info:.4f}", flush=True)
+    return table
+
+
 def main(
     datalist: str,
     key: str = "training",
@@ -111,7 +150,20 @@ def main(
     sigmas=(1.0, 2.0),
     min_sizes=(0, 10, 20, 40),
     out: str | None = None,
+    objects: str = "nuclei",
+    pred_dir: str | None = None,
+    merge_thresholds=(0.6, 0.7, 0.75),
+    hs=(0.05,),
 ) -> None:
+    if objects == "neurons":
+        if pred_dir is None:
+            raise ValueError(
+                "--objects neurons needs --pred_dir: the folder of <stem>_prob.png (--save_probabilities)."
+            )
+        table = neurons(datalist, pred_dir, key, limit, sigmas, hs, merge_thresholds, min_sizes)
+        if out:
+            write_json_atomic(table, out, indent=2)
+        return
     results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
     table = {"connected components": score(results, h=np.inf)}
     has_contact = all(len(r["prob"]) > 2 for r in results)
@@ -126,7 +178,7 @@ def main(
         a = s["all"]
         print(f"{name:<48} DSB {a['dsb']:.4f}  IoU0.5 {a['iou50']:.4f}  IoU0.75 {a['iou75']:.4f}  | {groups}")
     if out:
-        Path(out).write_text(json.dumps(table, indent=2))
+        write_json_atomic(table, out, indent=2)
 
 
 if __name__ == "__main__":

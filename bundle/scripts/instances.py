@@ -224,7 +224,19 @@ def _keep_merged(rag: graph.RAG, src: int, dst: int) -> None:
     """``merge_hierarchical`` merge callback: the boundary RAG needs no node data."""
 
 
-def _segments_2d(boundary_prob: np.ndarray, sigma: float, h: float, merge_threshold: float) -> np.ndarray:
+def _absorb_small(regions: np.ndarray, landscape: np.ndarray, min_size: int) -> np.ndarray:
+    """``regions`` (ids ``1..N`` covering the section) with the regions under ``min_size`` pixels flooded by their
+    neighbours over ``landscape`` (a watershed seeded by the kept regions), so that no pixel is left unlabelled."""
+    sizes = np.bincount(regions.ravel())
+    kept = np.where(sizes[regions] >= min_size, regions, 0)
+    if not kept.any() or kept.all():
+        return regions
+    return relabel_sequential(watershed(landscape, markers=kept))[0]
+
+
+def _segments_2d(
+    boundary_prob: np.ndarray, sigma: float, h: float, merge_threshold: float, min_size: int = 0
+) -> np.ndarray:
     boundary_prob = np.round(boundary_prob * 255) / 255  # 256 levels, as <stem>_prob.png holds them
     landscape = ndimage.gaussian_filter(boundary_prob, sigma) if sigma > 0 else boundary_prob
     regions = watershed(landscape, markers=connected_components(h_minima(landscape, h).astype(bool)))
@@ -240,6 +252,8 @@ def _segments_2d(boundary_prob: np.ndarray, sigma: float, h: float, merge_thresh
             weight_func=_mean_boundary_weight,
         )
         regions = relabel_sequential(regions + 1)[0]
+    if min_size > 0:
+        regions = _absorb_small(regions, landscape, min_size)
     lines = np.zeros(regions.shape, bool)  # one-pixel lines where a region meets the next one along an axis
     for axis in range(regions.ndim):
         front = [slice(None)] * regions.ndim
@@ -250,7 +264,7 @@ def _segments_2d(boundary_prob: np.ndarray, sigma: float, h: float, merge_thresh
 
 
 def segments_from_boundaries(
-    boundary_prob: np.ndarray, sigma: float = 1.0, h: float = 0.05, merge_threshold: float = 0.7
+    boundary_prob: np.ndarray, sigma: float = 1.0, h: float = 0.05, merge_threshold: float = 0.7, min_size: int = 0
 ) -> np.ndarray:
     """Neuron profiles of EM sections from a membrane (boundary) probability map: int32 ids ``1..N``, one per region
     between membranes, ``0`` on the one-pixel lines kept between regions.
@@ -260,20 +274,21 @@ def segments_from_boundaries(
     pixels is flooded (scikit-image's ``watershed``) from its regional minima of depth at least ``h``
     (``h_minima``), which over-segments; then neighbouring regions whose shared boundary has a mean (unsmoothed)
     probability below ``merge_threshold`` are merged, weakest boundary first (``graph.rag_boundary`` and
-    ``merge_hierarchical``; ``0`` merges nothing). The probability is first rounded to 256 levels (as
+    ``merge_hierarchical``; ``0`` merges nothing); last, segments under ``min_size`` pixels are flooded by their
+    neighbours over the smoothed probability (``0`` keeps them). The probability is first rounded to 256 levels (as
     ``<stem>_prob.png`` stores it): in float, minima at the noise level seed fragments inside the membranes that
     no boundary merge removes (ISBI 2012 slices 20-24: V_rand 0.963 in float against 0.977 rounded, with the
     parameters chosen on the training slices' rounded probabilities).
     """
     prob = np.asarray(boundary_prob, dtype=np.float32)
     if prob.ndim == 2:
-        return _segments_2d(prob, sigma, h, merge_threshold).astype(np.int32)
+        return _segments_2d(prob, sigma, h, merge_threshold, min_size).astype(np.int32)
     if prob.ndim != 3:
         raise ValueError(f"segments_from_boundaries: expected (H, W) or (H, W, D), got shape {prob.shape}.")
     out = np.zeros(prob.shape, np.int32)
     offset = 0
     for z in range(prob.shape[-1]):
-        section = _segments_2d(prob[..., z], sigma, h, merge_threshold)
+        section = _segments_2d(prob[..., z], sigma, h, merge_threshold, min_size)
         out[..., z] = np.where(section > 0, section + offset, 0)
         offset += int(section.max())
     return out

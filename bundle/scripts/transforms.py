@@ -123,7 +123,8 @@ class Instancesd(MapTransform):
             return instances_from_probabilities(p[0], p[1], contact_prob=contact, **self.params)
         if self.method == "neurons":
             h, sigma = self.params["h"], self.params["sigma"]
-            return segments_from_boundaries(p[0], sigma=sigma, h=h, merge_threshold=self.merge_threshold)
+            min_size = self.params["min_size"]
+            return segments_from_boundaries(p[0], sigma, h, merge_threshold=self.merge_threshold, min_size=min_size)
         return components(p[0] >= self.params["threshold"], min_size=self.params["min_size"])
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
