@@ -1,6 +1,8 @@
 """The bundle's configs run end to end, through the commands users type, on the shipped sample."""
 
 import csv
+import json
+import re
 
 import numpy as np
 import pytest
@@ -44,6 +46,33 @@ def test_train_and_inference_network_defs_agree():
     infer.read_config(str(CONFIGS / "inference.json"))
     # memory_saving only changes how training keeps activations, not the network
     assert {k: v for k, v in train["network_def"].items() if k != "memory_saving"} == infer["network_def"]
+
+
+def _list_positions(config, path=""):
+    """Ids (``a#0#b``) and references (``@a#1``) in a config that address a list item by its position."""
+    position = re.compile(r"#\d+(?=#|$)")
+    found = []
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if position.search(str(key)):
+                found.append(f"{path}{key}")
+            found += _list_positions(value, f"{path}{key}#")
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            found += _list_positions(value, f"{path}{i}#")
+    elif isinstance(config, str):
+        found += [f"{path[:-1]}: {ref}" for ref in re.findall(r"@[\w#]+", config) if position.search(ref)]
+    return found
+
+
+def test_configs_override_and_refer_by_name_not_by_list_position():
+    """An overlay that says ``handlers#0`` breaks silently when a handler is added in front: none may."""
+    found = [
+        f"{path.name}: {hit}"
+        for path in sorted(CONFIGS.glob("*.json"))
+        for hit in _list_positions(json.loads(path.read_text()))
+    ]
+    assert not found, found
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +229,8 @@ def test_inference_keeps_orientation(tmp_path):
         "configs/logging.conf",
         "--network_def",
         "$torch.nn.Identity()",
-        "--handlers#0#_disabled_",
-        "True",
+        "--load_weights",
+        "false",
         "--precision",
         "fp32",
         "--ensemble",

@@ -40,7 +40,7 @@ TINY_2D = ["--network_def#channels", "[8,16,32]", "--patch_size", "[64,64]"]
 # 64x64 in plane: 4 in-plane poolings leave 4x4; at 2x2, PyTorch 2.13's CPU bf16 Conv3d backward intermittently
 # returns non-finite gradients (docs, Known issues)
 TINY_3D = ["--network_def#channels", "[4,8,16,32,64]", "--patch_size", "[64,64,4]"]
-IDENTITY = ["--network_def", "$torch.nn.Identity()", "--handlers#0#_disabled_", "True"]
+IDENTITY = ["--network_def", "$torch.nn.Identity()", "--load_weights", "false"]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ TRAIN_OVERRIDE = {
 }
 INFER_OVERRIDE = {
     "bundle_root": str(BUNDLE),
-    "handlers#0#_disabled_": True,  # do not load weights
+    "load_weights": False,
     "network_def#channels": [4, 8, 16, 32, 64],
     "progress_bar": False,
 }

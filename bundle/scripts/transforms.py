@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import Compose, MapTransform, RandomizableTransform
 from monai.visualize import blend_images
 
 from scripts import as_bool
@@ -20,7 +20,7 @@ from scripts.instances import (
     segments_from_boundaries,
 )
 
-__all__ = ["Overlayd", "LabelTargetsd", "Instancesd", "RandStainGrayd", "LUMINANCE"]
+__all__ = ["Overlayd", "LabelTargetsd", "Instancesd", "RandStainGrayd", "LUMINANCE", "instance_transform"]
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's "L" conversion
 
@@ -139,6 +139,12 @@ class Instancesd(MapTransform):
             dropped = (p[0] >= self.params["threshold"]) & (instances == 0)
             d[key] = prob[:1].masked_fill(torch.as_tensor(dropped, device=prob.device)[None], 0.0)
         return d
+
+
+def instance_transform(postprocessing: Compose) -> Instancesd | None:
+    """The :class:`Instancesd` of a preset's ``postprocessing`` (``None`` where ``--objects false`` disabled it), so
+    that other configs refer to it by name rather than by its position in the list."""
+    return next((t for t in postprocessing.transforms if isinstance(t, Instancesd)), None)
 
 
 class Overlayd(MapTransform):
