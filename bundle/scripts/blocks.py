@@ -322,13 +322,13 @@ class BlockInference:
         self.fold_batch_norm = as_bool(fold_batch_norm)
         self.network, self.ckpt_path, self.inferer = network, ckpt_path, inferer
         self.device, self.threshold = torch.device(device), float(threshold)
-        # objects under min_size are dropped after the objects cut by block borders are joined, not per block
+        # objects under min_size are dropped after the objects cut by block borders are joined, not per block;
+        # neuron segments are made section by section, their small ones flooded by neighbours within the block
         self.instances, self.min_size = instances, 0
-        if instances is not None and hasattr(instances, "params"):
+        if hasattr(instances, "params") and getattr(instances, "method", "") != "neurons":
             self.instances = copy.copy(instances)
             self.instances.params = dict(instances.params, min_size=0)
-            if getattr(instances, "method", "") != "neurons":  # neuron segments keep every region
-                self.min_size = int(instances.params.get("min_size", 0))
+            self.min_size = int(instances.params.get("min_size", 0))
         self.block_shape = tuple(int(b) for b in block_shape) if block_shape else None
         self.save_probabilities = bool(save_probabilities)
         self.allow_missing_chunks = bool(allow_missing_chunks)
