@@ -9,6 +9,7 @@ from scripts.inferers import (
     autocast_dtype,
     cpu_supports_bf16,
     memory_format,
+    with_flips,
 )
 from scripts.networks import R2AttUNet
 
@@ -65,6 +66,27 @@ def test_flip_inferer_averages_the_symmetries_mapped_back():
     assert sections.symmetries() == [(False, ()), (False, (4,))]
     with pytest.raises(ValueError, match="two spatial axes"):
         FlipInferer(SimpleInferer(), spatial_axes=(0,))
+
+
+def test_fewer_flip_passes_are_groups_and_tta_takes_their_number():
+    """``--tta 2``: identity and the half turn; ``--tta 4``: and the two transposes (each set closed under
+    composition, so a symmetric input still gives a symmetric output); ``true`` all 8, ``false`` none."""
+    x = torch.rand(1, 1, 8, 8)
+    half_turn = FlipInferer(SimpleInferer(), passes=2)
+    assert half_turn.symmetries() == [(False, ()), (False, (2, 3))]
+    assert [t for t, _ in FlipInferer(SimpleInferer(), passes=4).symmetries()] == [False, False, True, True]
+    assert set(FlipInferer(SimpleInferer(), passes=8).symmetries()) == set(FlipInferer(SimpleInferer()).symmetries())
+
+    def position(t: torch.Tensor) -> torch.Tensor:  # adds the row index: not equivariant
+        return t + torch.arange(8.0).view(1, 1, 8, 1)
+
+    assert torch.allclose(half_turn(x, position), x + 3.5)  # the row index and its reverse average to 3.5
+    assert isinstance(with_flips(SimpleInferer(), "4"), FlipInferer) and with_flips(SimpleInferer(), "4").passes == 4
+    assert with_flips(SimpleInferer(), "true").passes == 8
+    assert isinstance(with_flips(SimpleInferer(), "0"), SimpleInferer)
+    assert isinstance(with_flips(SimpleInferer(), False), SimpleInferer)
+    with pytest.raises(ValueError, match="passes must be 1..8"):
+        FlipInferer(SimpleInferer(), passes=9)
 
 
 def test_flip_inferer_matches_the_symmetries_by_hand():

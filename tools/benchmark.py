@@ -455,8 +455,14 @@ INFERENCE_MODES = {
         "ensemble": "False",
         "memory_format": "$torch.contiguous_format",
     },
+    "one network, whole images, no flips (0.11.0 default)": {"ensemble": "False", "tta": "0"},
     "one network, whole images (default)": {"ensemble": "False"},
     "ensemble, whole images": {"ensemble": "True"},
+    "one network, whole images, 2 test-time flips": {"ensemble": "False", "tta": "2"},
+    "one network, whole images, 4 test-time flips": {"ensemble": "False", "tta": "4"},
+    "one network, whole images, 8 test-time flips": {"ensemble": "False", "tta": "True"},
+    "one network, whole images, fp32, no flips": {"ensemble": "False", "tta": "0", "precision": "fp32"},
+    "one network, whole images, fp32, 2 test-time flips": {"ensemble": "False", "tta": "2", "precision": "fp32"},
 }
 
 

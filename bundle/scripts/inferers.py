@@ -94,8 +94,12 @@ def memory_format(
 _LOGGED: set[tuple] = set()
 
 
-def with_flips(inferer: Inferer, tta: bool | str) -> Inferer:
-    """``inferer`` with test-time flips (:class:`FlipInferer`) when ``tta`` is set (``--tta true``)."""
+def with_flips(inferer: Inferer, tta: bool | int | str) -> Inferer:
+    """``inferer`` with test-time flips (:class:`FlipInferer`): every symmetry for ``--tta true``, the first ``n`` of
+    them for ``--tta n`` (2: and the half turn, 4: and the two transposes), none for ``false`` or ``0``."""
+    text = str(tta).strip().lower()
+    if text.isdigit() and text not in ("0", "1"):
+        return FlipInferer(inferer, passes=int(text))
     return FlipInferer(inferer) if as_bool(tta) else inferer
 
 
@@ -204,23 +208,40 @@ class FlipInferer(Inferer):
     symmetries of the square (for a volume ``(X, Y, Z)``: of each section), which suits networks trained with flips
     and rotations, e.g. the EM presets; windows are square in plane and whole images are padded to a multiple of the
     network's stride, so every symmetry fits the network. The outputs (logits) are averaged, so postprocessing is
-    unchanged; it costs ``2 ** len(spatial_axes)`` passes, twice that with ``transpose``.
+    unchanged; it costs ``2 ** len(spatial_axes)`` passes, twice that with ``transpose``, or ``passes``: the first
+    that many of :meth:`symmetries`, which puts the half turn second and the transposes third and fourth, so that 2
+    and 4 passes are groups of symmetries (each a mean over a group keeps the output's symmetry).
     ``__call__(inputs, network)``: ``inputs`` ``(B, C, *spatial)``, output as ``inferer``'s.
     """
 
-    def __init__(self, inferer: Inferer, spatial_axes: Sequence[int] = (0, 1), transpose: bool = True) -> None:
+    def __init__(
+        self,
+        inferer: Inferer,
+        spatial_axes: Sequence[int] = (0, 1),
+        transpose: bool = True,
+        passes: int | None = None,
+    ) -> None:
         super().__init__()
         self.inferer = inferer
         self.spatial_axes = tuple(int(a) for a in spatial_axes)
         if transpose and len(self.spatial_axes) < 2:
             raise ValueError(f"transpose needs two spatial axes, got {self.spatial_axes}.")
         self.transpose = bool(transpose)
+        total = 2 ** len(self.spatial_axes) * (2 if self.transpose else 1)
+        if passes is not None and not 1 <= int(passes) <= total:
+            raise ValueError(f"FlipInferer: passes must be 1..{total} for these axes, got {passes}.")
+        self.passes = total if passes is None else int(passes)
 
     def symmetries(self) -> list[tuple[bool, tuple[int, ...]]]:
-        """``(transposed, flipped tensor dims)`` of each pass, identity first."""
+        """``(transposed, flipped tensor dims)`` of each pass: identity first, then the flip of every axis (for two
+        axes the half turn), then the transposes, then the rest; the first :attr:`passes` of them."""
         dims = [a + 2 for a in self.spatial_axes]
         flips = [c for n in range(len(dims) + 1) for c in itertools.combinations(dims, n)]
-        return [(t, f) for t in ((False, True) if self.transpose else (False,)) for f in flips]
+        flips.remove(tuple(dims))
+        flips.insert(1, tuple(dims))  # identity, every axis flipped (in 2D the half turn), then the others
+        transposes = (False, True) if self.transpose else (False,)
+        order = [(t, f) for t in transposes for f in flips[:2]] + [(t, f) for t in transposes for f in flips[2:]]
+        return order[: self.passes]
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         swap = [a + 2 for a in self.spatial_axes[:2]] if self.transpose else []

@@ -31,7 +31,7 @@ MEANINGS = {
     "val_interval": "validate every N epochs (and after the last one)",
     "precision": "auto (bf16/fp16 where the device has it, else fp32), bf16, fp16 or fp32",
     "ensemble": "inference/evaluation: average the checkpoint ensemble in models/ensemble (slower) instead of model.pt",
-    "tta": "test-time flips: average the predictions of the flipped inputs",
+    "tta": "test-time flips: true averages the 8 flips and transposes of the input, a number n the first n (2, 4)",
     "fold_batch_norm": "inference: fold BatchNorm into the convolutions after loading the weights (same result, faster)",
     "keep_freed_memory": "Linux: glibc malloc reuses freed memory instead of fresh pages (faster CPU passes)",
     "objects": "also answer with objects (instance labels, per-object CSV, counts): nuclei, EM neurons, mitochondria",
