@@ -9,7 +9,17 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-__all__ = ["as_bool", "off", "default_device", "keep_freed_memory", "quiet", "InputError", "MissingInputError"]
+__all__ = [
+    "as_bool",
+    "off",
+    "default_device",
+    "keep_freed_memory",
+    "quiet",
+    "start_run",
+    "one_line_errors",
+    "InputError",
+    "MissingInputError",
+]
 
 
 class InputError(ValueError):
@@ -35,7 +45,7 @@ def _input_error(exc: BaseException | None) -> InputError | None:
 def _input_error_hook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, previous: Callable = sys.excepthook
 ) -> None:
-    """``sys.excepthook`` of runs that import the bundle's scripts: an uncaught exception caused by an
+    """``sys.excepthook`` of ``monai.bundle run`` commands (:func:`start_run`): an uncaught exception caused by an
     :class:`InputError` prints only ``error: <message>`` (the traceback says nothing the user can act on); any
     other exception prints its traceback as usual."""
     found = _input_error(exc)
@@ -44,9 +54,6 @@ def _input_error_hook(
         return
     sys.stderr.flush()
     print(f"error: {found}", file=sys.stderr)
-
-
-sys.excepthook = _input_error_hook
 
 
 def as_bool(value: object) -> bool:
@@ -109,20 +116,31 @@ def __getattr__(name: str) -> Any:
         raise
 
 
-def _check_options() -> None:
-    """A ``monai.bundle run`` stops at once, with one line, on an option that none of its config files defines."""
-    if (
-        len(sys.argv) < 2
-        or sys.argv[1] != "run"
-        or not sys.argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py")
-    ):
+def one_line_errors() -> None:
+    """Make an uncaught :class:`InputError` print ``error: <message>`` alone (:func:`_input_error_hook`), once,
+    keeping the hook it wraps: called by the command lines (``monai.bundle run`` through :func:`start_run`, and the
+    ``python -m scripts.<module>`` tools), never on import."""
+    if getattr(sys.excepthook, "func", None) is not _input_error_hook:
+        sys.excepthook = functools.partial(_input_error_hook, previous=sys.excepthook)
+
+
+def _bundle_run(argv: list[str]) -> bool:
+    """Whether this process is the command ``python -m monai.bundle run ...``."""
+    return len(argv) > 1 and argv[1] == "run" and argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py")
+
+
+def start_run(argv: list[str] | None = None) -> None:
+    """The first step of every workflow's ``initialize``: in a ``python -m monai.bundle run`` command, stop at once,
+    with one line, on an option that none of its config files defines, and make an uncaught :class:`InputError`
+    print ``error: <message>`` alone (:func:`_input_error_hook`). Elsewhere (``ConfigWorkflow`` in a program, the
+    napari plugin, MONAI Label) it does nothing: importing ``scripts`` changes nothing in the process."""
+    argv = sys.argv if argv is None else argv
+    if not _bundle_run(argv):
         return
+    one_line_errors()
     from scripts.options import check_command_line
 
     try:
-        check_command_line()
-    except InputError as e:  # at import time, inside MONAI's config parsing: leave at once, with the message only
+        check_command_line(argv)
+    except InputError as e:  # leave at once, with the message only
         raise SystemExit(f"error: {e}") from None
-
-
-_check_options()

@@ -382,5 +382,8 @@ def _exit(problems: list[Problem], what: str) -> None:
 
 
 if __name__ == "__main__":
+    from scripts import one_line_errors
+
+    one_line_errors()
     logging.basicConfig(level=logging.INFO)
     fire.Fire({"datalist": _cli_datalist, "dsb2018": _cli_dsb2018, "images": _cli_images})

@@ -189,6 +189,9 @@ def download_isbi2012(
 
 
 if __name__ == "__main__":
+    from scripts import one_line_errors
+
+    one_line_errors()
     logging.basicConfig(level=logging.INFO)
     try:
         fire.Fire({"dsb2018": download_dsb2018, "isbi2012": download_isbi2012})

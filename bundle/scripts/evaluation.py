@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from monai.handlers import from_engine
+from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import CumulativeIterationMetric
 from monai.transforms import Activationsd, Compose, CopyItemsd, MeanEnsembled
 from scipy import ndimage
@@ -193,6 +193,23 @@ class ObjectMatching(CumulativeIterationMetric):
         if not isinstance(data, torch.Tensor):
             raise ValueError("ObjectMatching: no data to aggregate.")
         return torch.nanmean(data.float())
+
+
+class ObjectMatchingHandler(IgniteMetricHandler):
+    """:class:`ObjectMatching` as an evaluator metric (MONAI's ``IgniteMetricHandler``), on the engine's
+    ``instances`` and ``true_instances`` unless ``output_transform`` says otherwise; ``score``, ``iou`` as there."""
+
+    def __init__(
+        self,
+        score: str = "dsb",
+        iou: float = 0.5,
+        output_transform: Callable | None = None,
+        save_details: bool = True,
+    ) -> None:
+        output_transform = output_transform or from_engine(["instances", "true_instances"])
+        super().__init__(
+            metric_fn=ObjectMatching(score, iou), output_transform=output_transform, save_details=save_details
+        )
 
 
 def pred_keys(networks: Sequence | None) -> list[str]:

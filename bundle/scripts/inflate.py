@@ -68,5 +68,8 @@ def inflate(
 
 
 if __name__ == "__main__":
+    from scripts import one_line_errors
+
+    one_line_errors()
     logging.basicConfig(level=logging.INFO)
     fire.Fire(quiet(inflate))  # ``quiet``: not the returned figure, which the log line already gives

@@ -46,5 +46,8 @@ def folders(images: str, labels: str, out: str, val_fraction: float = 0.1, seed:
 
 
 if __name__ == "__main__":
+    from scripts import one_line_errors
+
+    one_line_errors()
     logging.basicConfig(level=logging.INFO)
     fire.Fire({"dsb2018": dsb2018, "isbi2012": isbi2012, "vnc": vnc, "folders": folders})

@@ -607,6 +607,9 @@ def tolerance(
 
 
 if __name__ == "__main__":
+    from scripts import one_line_errors
+
+    one_line_errors()
     import sys
 
     commands = {"volumes": volumes, "logs": logs, "tolerance": tolerance}
