@@ -237,6 +237,8 @@ def test_inference_keeps_shape_orientation_and_geometry(preset, tta, isbi_pages,
         tta,
         "--min_object_size",
         "0",
+        "--mask_erosion",
+        "0",  # the identity network's mask, unthinned
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(files)
     # objects in the input's format: neuron segments section by section (em2d), 3D objects (em3d)

@@ -10,12 +10,13 @@ from PIL import Image
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error
 
-from scripts.evaluation import ObjectMatching, pooled_rand_info, rand_info_scores, region_pairs
+from scripts.evaluation import ObjectMatching, ObjectMatchingHandler, pooled_rand_info, rand_info_scores, region_pairs
 from scripts.instances import (
     DSB_THRESHOLDS,
     as_instances,
     components,
     contact_map,
+    erode_in_plane,
     h_maxima_in_regions,
     instances_from_probabilities,
     join_boundaries,
@@ -76,6 +77,18 @@ def test_object_matching_metric_averages_images():
     with pytest.raises(ValueError):
         ObjectMatching("ratio", iou=0.52)
     assert len(DSB_THRESHOLDS) == 10 and DSB_THRESHOLDS[-1] == 0.95
+
+
+def test_object_matching_handler_scores_the_engines_instances():
+    """The evaluator handler reads ``instances`` and ``true_instances`` from the engine output, as the configs use it."""
+    from ignite.engine import Engine
+
+    pred, true = _two_objects()
+    batch = [{"instances": torch.as_tensor(pred)[None], "true_instances": torch.as_tensor(true)[None]}]
+    engine = Engine(lambda e, b: batch)
+    ObjectMatchingHandler("ratio", iou=0.5).attach(engine, "val_dsb_iou50")
+    engine.run([0], max_epochs=1)
+    assert engine.state.metrics["val_dsb_iou50"] == pytest.approx(2 / 3)
 
 
 def _touching_discs():
@@ -345,6 +358,21 @@ def test_components_in_3d_with_a_minimum_size():
     assert components(mask).max() == 2
     kept = components(mask, min_size=10)
     assert kept.max() == 1 and kept[2:8, 2:8, 1:4].all() and not kept[12:14, 12:14, 2].any()
+
+
+def test_erosion_in_plane_thins_objects_not_sections_nor_the_edge():
+    mask = np.zeros((20, 20, 3), bool)
+    mask[2:8, 2:8, :] = True  # 6 x 6 in each of 3 sections
+    mask[15:20, 15:20, 1] = True  # 5 x 5 touching the array's edge
+    thin = erode_in_plane(mask, 1)
+    assert thin[3:7, 3:7, :].all() and thin[2:8, 2:8].sum() == 16 * 3  # 4 x 4 left in every section, none lost in z
+    assert thin[16:20, 16:20, 1].all() and thin[15:20, 15:20, 1].sum() == 16  # the edge side does not erode
+    assert np.array_equal(erode_in_plane(mask, 0), mask)
+    objects = components(mask, min_size=20, erode=1)  # the 16-voxel object is under 20 once eroded
+    assert objects.max() == 1 and objects[3:7, 3:7].all()
+    prob = torch.as_tensor(mask[None].astype(np.float32))
+    d = Instancesd("pred", method="components", erode=1)({"pred": prob})
+    assert torch.equal(d["pred"][0] > 0, torch.as_tensor(thin))  # the mask is the union of the eroded objects
 
 
 def test_instances_transform_methods():

@@ -537,13 +537,21 @@ class BlockInference:
         with torch.no_grad():
             logits = self.inferer(x, self.network)
         prob = torch.sigmoid(logits[0].float())
-        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(block, region, strict=True))
-        torch_inner = (slice(None),) + tuple(inner[::-1])
-        prob = prob[torch_inner]
+        # the objects see ``context`` pixels of the halo around the block (an in-plane erosion needs them), then the
+        # block is cut out, so that blocks give what the whole volume gives
+        context = getattr(self.instances, "erode", 0)
+        near = [
+            slice(max(b.start - context, r.start), min(b.stop + context, r.stop))
+            for b, r in zip(block, region, strict=True)
+        ]
+        outer = tuple(slice(n.start - r.start, n.stop - r.start) for n, r in zip(near, region, strict=True))
+        inner = tuple(slice(b.start - n.start, b.stop - n.start) for b, n in zip(block, near, strict=True))
+        prob = prob[(slice(None),) + outer[::-1]]
         ids = None
         if self.instances is not None:
             d = self.instances({"pred": prob})
-            prob, ids = d["pred"], _file_axes(d["instances"][0]).astype(np.uint64)
+            prob, ids = d["pred"], _file_axes(d["instances"][0])[inner].astype(np.uint64)
+        prob = prob[(slice(None),) + inner[::-1]]
         p = _file_axes(prob[0])
         targets["seg"][block] = np.where(p >= self.threshold, 255, 0).astype(np.uint8)
         if "prob" in targets:

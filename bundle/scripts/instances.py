@@ -294,10 +294,25 @@ def segments_from_boundaries(
     return out
 
 
-def components(mask: np.ndarray, min_size: int = 0) -> np.ndarray:
+def erode_in_plane(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` (``(X, Y)`` or ``(X, Y, Z)``) eroded by a square of side ``2 * pixels + 1`` in the plane of its first
+    two axes, not across sections; the array's edge does not erode (outside counts as foreground)."""
+    mask = np.asarray(mask) > 0
+    if pixels <= 0:
+        return mask
+    shape = (2 * pixels + 1, 2 * pixels + 1) + (1,) * (mask.ndim - 2)
+    return ndimage.binary_erosion(mask, structure=np.ones(shape, bool), border_value=1)
+
+
+def components(mask: np.ndarray, min_size: int = 0, erode: int = 0) -> np.ndarray:
     """Objects of a binary mask (2D or 3D): its connected components (full connectivity, as :func:`as_instances`
-    takes a binary label), those under ``min_size`` pixels (voxels) dropped; int32 ids ``1..N``."""
-    return _drop_small(connected_components(np.asarray(mask) > 0), min_size)
+    takes a binary label), each then thinned by ``erode`` pixels in plane (:func:`erode_in_plane`; an object keeps
+    its id where erosion cuts it), those under ``min_size`` pixels (voxels) dropped; int32 ids ``1..N``."""
+    mask = np.asarray(mask) > 0
+    objects = connected_components(mask)
+    if erode > 0:
+        objects = np.where(erode_in_plane(mask, erode), objects, 0)
+    return _drop_small(objects, min_size)
 
 
 def join_boundaries(segments: np.ndarray) -> np.ndarray:

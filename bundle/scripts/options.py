@@ -48,6 +48,7 @@ MEANINGS = {
     "seed_h": "objects: how much a peak of the seed landscape must rise to seed an object (higher splits less)",
     "seed_sigma": "objects: Gaussian smoothing (pixels) of the seed landscape",
     "min_object_size": "objects: drop objects (and their mask pixels) under this many pixels (0 keeps all)",
+    "mask_erosion": "objects, components (em3d): thin each object by this many pixels in plane (0 keeps the mask)",
     "resume": "training: continue from the last training state in models/checkpoints",
     "finetune": "training: start from finetune_model_path instead of random weights",
     "finetune_model_path": "weights to fine-tune from (default <ckpt_dir>/model.pt)",

@@ -78,7 +78,7 @@ class Instancesd(MapTransform):
       section along the last axis (:func:`scripts.instances.segments_from_boundaries` with ``sigma``, ``h``,
       ``merge_threshold``); ``keys`` unchanged;
     - ``"components"``: a probability ``(1, *spatial)``, the connected components (2D or 3D) of ``>= threshold``
-      (:func:`scripts.instances.components` with ``min_size``).
+      eroded by ``erode`` pixels in plane (:func:`scripts.instances.components` with ``min_size``, ``erode``).
 
     With ``"nuclei"`` and ``"components"`` the pixels of objects under ``min_size`` leave the mask (probability 0),
     so that the mask is the union of the instances and the other probabilities are unchanged.
@@ -99,6 +99,7 @@ class Instancesd(MapTransform):
         centre_weight: float = 8.0,
         merge_threshold: float = 0.7,
         seed_threshold: float = 0.5,
+        erode: int = 0,
     ) -> None:
         super().__init__(keys)
         if method not in self.METHODS:
@@ -108,6 +109,7 @@ class Instancesd(MapTransform):
         self.params = {"threshold": threshold, "seeds": seeds, "h": h, "sigma": sigma, "min_size": min_size}
         self.params.update(centre_weight=centre_weight, seed_threshold=seed_threshold)
         self.merge_threshold = merge_threshold
+        self.erode = int(erode) if method == "components" else 0  # pixels of context the objects need around them
 
     def _instances(self, key: Hashable, p: np.ndarray) -> np.ndarray:
         if self.method != "nuclei":
@@ -125,7 +127,7 @@ class Instancesd(MapTransform):
             h, sigma = self.params["h"], self.params["sigma"]
             min_size = self.params["min_size"]
             return segments_from_boundaries(p[0], sigma, h, merge_threshold=self.merge_threshold, min_size=min_size)
-        return components(p[0] >= self.params["threshold"], min_size=self.params["min_size"])
+        return components(p[0] >= self.params["threshold"], min_size=self.params["min_size"], erode=self.erode)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
