@@ -84,10 +84,10 @@ def test_widget_labels_equal_the_bundle_outputs(make_napari_viewer, qtbot, bundl
     for i in IDS:
         layer = viewer.add_image(np.asarray(Image.open(SAMPLE / "images" / f"{i}.png")), name=i[:12])
         widget.image.value = layer
-        worker = widget.run()
-        with qtbot.waitSignal(worker.finished, timeout=120_000):
-            pass
-        qtbot.waitUntil(lambda: widget.button.enabled, timeout=10_000)
+        assert widget.run() is not None  # a worker started
+        # the widget re-enables its button when the worker has finished (connected before it started, so no
+        # race with a worker that ends before the test could wait on its signal)
+        qtbot.waitUntil(lambda: widget.button.enabled, timeout=120_000)
         seg, instances, rows = bundle_outputs[i]
         mask_layer = viewer.layers[f"{i[:12]} mask (nuclei)"]
         objects_layer = viewer.layers[f"{i[:12]} objects (nuclei)"]
@@ -104,10 +104,10 @@ def test_widget_reports_errors_without_crashing(make_napari_viewer, qtbot):
     widget = SegmentWidget(viewer)
     assert widget.run() is None and "choose an image layer" in widget.status.value
     widget.image.value = viewer.add_image(np.zeros((4, 64, 64), np.uint8), name="stack")  # 3D: not for nuclei
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: widget.button.enabled, timeout=10_000)
+    assert widget.run() is not None  # a worker started
+    # the widget re-enables its button when the worker has finished (connected before it started, so no
+    # race with a worker that ends before the test could wait on its signal)
+    qtbot.waitUntil(lambda: widget.button.enabled, timeout=60_000)
     assert widget.status.value.startswith("error:") and "2D images" in widget.status.value
     assert [layer.name for layer in viewer.layers] == ["stack"]
 
