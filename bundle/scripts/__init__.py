@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +16,7 @@ __all__ = [
     "keep_freed_memory",
     "quiet",
     "start_run",
+    "bundle_run_command",
     "one_line_errors",
     "InputError",
     "MissingInputError",
@@ -124,8 +125,8 @@ def one_line_errors() -> None:
         sys.excepthook = functools.partial(_input_error_hook, previous=sys.excepthook)
 
 
-def _bundle_run(argv: list[str]) -> bool:
-    """Whether this process is the command ``python -m monai.bundle run ...``."""
+def bundle_run_command(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is the command line ``python -m monai.bundle run ...``."""
     return len(argv) > 1 and argv[1] == "run" and argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py")
 
 
@@ -135,7 +136,7 @@ def start_run(argv: list[str] | None = None) -> None:
     print ``error: <message>`` alone (:func:`_input_error_hook`). Elsewhere (``ConfigWorkflow`` in a program, the
     napari plugin, MONAI Label) it does nothing: importing ``scripts`` changes nothing in the process."""
     argv = sys.argv if argv is None else argv
-    if not _bundle_run(argv):
+    if not bundle_run_command(argv):
         return
     one_line_errors()
     from scripts.options import check_command_line

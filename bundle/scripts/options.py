@@ -124,7 +124,9 @@ def unknown_options(options: Sequence[str], config_files: Sequence[str]) -> list
 
 def _command_line(argv: Sequence[str]) -> tuple[list[str], list[str]] | None:
     """``(config files, option names)`` of a ``python -m monai.bundle run ...`` command line, else ``None``."""
-    if len(argv) < 2 or argv[1] != "run" or not argv[0].replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
+    from scripts import bundle_run_command
+
+    if not bundle_run_command(argv):
         return None
     options, configs = [], []
     for i, token in enumerate(argv[2:], start=2):
