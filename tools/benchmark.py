@@ -502,29 +502,14 @@ def _split_inputs(datalist: str, key: str, limit: int | None, folder: Path) -> l
 
 def _scores(items: list[dict], out: Path) -> dict[str, Any]:
     """Pooled Dice of the written masks (over all images and per image type, the items' ``group``) and DSB2018 score
-    of the written instances against the labels."""
-    from PIL import Image
+    of the written instances against the labels (``scripts.report.score_predictions``; NaN without instances)."""
+    from scripts.report import score_predictions
 
-    from scripts.instances import matching_ratios
-
-    counts: dict[str, list[int]] = {}  # group -> [intersection, mask + label pixels]
-    dsb = []
-    for it in items:
-        stem = Path(it["image"]).name.rsplit(".", 1)[0]
-        label = np.asarray(Image.open(it["label"]))
-        seg = np.asarray(Image.open(out / f"{stem}_seg.png")) > 0
-        for group in {"all", it.get("group", "all")}:
-            c = counts.setdefault(group, [0, 0])
-            c[0] += int((seg & (label > 0)).sum())
-            c[1] += int(seg.sum() + (label > 0).sum())
-        instances = out / f"{stem}_instances.png"
-        if instances.is_file():
-            dsb.append(float(matching_ratios(np.asarray(Image.open(instances)), label)["ratio"].mean()))
-    dice = {g: 2 * i / max(t, 1) for g, (i, t) in counts.items()}
+    scores = score_predictions(items, out)
     return {
-        "pooled_dice": dice["all"],
-        "pooled_dice_by_type": dice,
-        "dsb_score": float(np.mean(dsb)) if dsb else float("nan"),
+        "pooled_dice": scores["all"]["pooled Dice"],
+        "pooled_dice_by_type": {group: s["pooled Dice"] for group, s in scores.items()},
+        "dsb_score": scores["all"].get("DSB score", float("nan")),
     }
 
 
