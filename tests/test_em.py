@@ -26,9 +26,10 @@ from conftest import BUNDLE, GET_DATA, SHARED_DATA, run_bundle
 from scripts.check import InputCheck, check_datalist
 from scripts.data import prepare_isbi2012, prepare_vnc
 from scripts.download import ISBI2012_FILES, download_isbi2012
-from scripts.evaluation import ForegroundRandInfo, rand_info_scores
+from scripts.evaluation import ForegroundRandInfo
 from scripts.inflate import inflate
 from scripts.instances import join_boundaries
+from scripts.metrics import dice, iou, rand_info_scores
 from scripts.networks import R2AttUNet
 from scripts.readers import StackReader
 from scripts.report import logs as report_logs
@@ -492,8 +493,7 @@ def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path)
     )
     pred = np.asarray(Image.open(tmp_path / "out" / "slice_20_seg.png")) > 0
     membrane = labels[20] == 0
-    dice = 2 * (pred & membrane).sum() / (pred.sum() + membrane.sum())
-    assert dice > 0.79, dice
+    assert dice(pred, membrane) > 0.79, dice(pred, membrane)
 
 
 def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_path):
@@ -516,8 +516,7 @@ def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_
     pred = np.squeeze(tifffile.imread(tmp_path / "out" / "section_12_seg.tif")) > 0
     mito = np.asarray(Image.open(vnc_stack / "mitochondria" / "12.png")) > 0
     assert pred.shape == mito.shape
-    iou = (pred & mito).sum() / (pred | mito).sum()
-    assert iou > 0.8, iou
+    assert iou(pred, mito) > 0.8, iou(pred, mito)
 
 
 def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
@@ -542,8 +541,7 @@ def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
     )
     pred = tifffile.imread(tmp_path / "out" / "sections_seg.tif") > 0
     assert pred.shape == mito.shape
-    iou = (pred & mito).sum() / (pred | mito).sum()
-    assert iou > 0.84, iou
+    assert iou(pred, mito) > 0.84, iou(pred, mito)
 
 
 def test_report_names_an_unparsed_dict_option():

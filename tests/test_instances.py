@@ -10,9 +10,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error
 
-from scripts.evaluation import ObjectMatching, ObjectMatchingHandler, pooled_rand_info, rand_info_scores, region_pairs
+from scripts.evaluation import ObjectMatching, ObjectMatchingHandler
 from scripts.instances import (
-    DSB_THRESHOLDS,
     as_instances,
     components,
     contact_map,
@@ -20,11 +19,11 @@ from scripts.instances import (
     h_maxima_in_regions,
     instances_from_probabilities,
     join_boundaries,
-    matching_ratios,
     object_table,
     object_targets,
     segments_from_boundaries,
 )
+from scripts.metrics import DSB_THRESHOLDS, matching_ratios, pooled_rand_info, rand_info_scores, region_pairs
 from scripts.transforms import Instancesd, LabelTargetsd, Overlayd
 from scripts.writers import AtomicStackWriter, SaveObjectsd
 

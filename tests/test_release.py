@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser, verify_metadata
 from PIL import Image
 
 from conftest import BUNDLE, REPO, SAMPLE, run_bundle
+from scripts.metrics import dice
 
 CONFIGS = BUNDLE / "configs"
 SCHEMA = REPO / "schemas" / "meta_schema_20240725.json"
@@ -34,10 +35,6 @@ def _one_image(folder):
     folder.mkdir()
     shutil.copy(SAMPLE / "images" / f"{IMAGE}.png", folder)
     return folder
-
-
-def _dice(pred: np.ndarray, label: np.ndarray) -> float:
-    return 2 * (pred & label).sum() / (pred.sum() + label.sum())
 
 
 # --- metadata -----------------------------------------------------------------------------------------------------
@@ -181,7 +178,7 @@ def test_inference_runs_from_torchscript(exported, tmp_path):
     pred = np.asarray(Image.open(tmp_path / "out" / f"{IMAGE}_seg.png")) > 0
     label = np.asarray(Image.open(SAMPLE / "labels" / f"{IMAGE}.png")) > 0
     assert pred.shape == label.shape
-    assert _dice(pred, label) > 0.8  # measured 0.876, as models/model.pt through inference.json
+    assert dice(pred, label) > 0.8  # measured 0.876, as models/model.pt through inference.json
 
 
 # --- release archive and download ---------------------------------------------------------------------------------
@@ -292,7 +289,7 @@ def test_download_installs_the_archive_and_inference_runs_from_it(release, tmp_p
     pred = np.asarray(Image.open(tmp_path / "out" / f"{IMAGE}_seg.png")) > 0
     label = np.asarray(Image.open(SAMPLE / "labels" / f"{IMAGE}.png")) > 0
     assert pred.shape == label.shape
-    assert _dice(pred, label) > 0.8  # the shipped ensemble scores 0.8 or more on every sample image
+    assert dice(pred, label) > 0.8  # the shipped ensemble scores 0.8 or more on every sample image
 
 
 # --- experiment tracking ------------------------------------------------------------------------------------------

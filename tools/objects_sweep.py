@@ -32,9 +32,9 @@ from monai.data import Dataset
 from PIL import Image
 
 from scripts.data import load_datalist
-from scripts.evaluation import pooled_rand_info, region_pairs
 from scripts.files import write_json_atomic
-from scripts.instances import as_instances, instances_from_probabilities, matching_ratios, segments_from_boundaries
+from scripts.instances import as_instances, instances_from_probabilities, segments_from_boundaries
+from scripts.metrics import matching_ratios, pooled_rand_info, region_pairs
 from tools import BUNDLE
 
 MODELS_DIR = str(BUNDLE / "models")

@@ -1,6 +1,7 @@
 """Evaluation helpers that MONAI and ignite lack: pixel-level inputs for ignite's epoch metrics, the complement class
-of a binary segmentation, the ISBI 2012 challenge's foreground-restricted Rand and information scores, and loading the
-checkpoint ensemble (the top-k checkpoints by validation Dice that training keeps)."""
+of a binary segmentation, MONAI metrics of the ISBI 2012 challenge's foreground-restricted Rand and information scores
+and of object matching (their array versions: :mod:`scripts.metrics`), and loading the checkpoint ensemble (the top-k
+checkpoints by validation Dice that training keeps)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,18 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler, from_engine
 from monai.metrics import CumulativeIterationMetric
 from monai.transforms import Activationsd, Compose, CopyItemsd, MeanEnsembled
-from scipy import ndimage
 
 from scripts import as_bool
-from scripts.instances import DSB_THRESHOLDS, join_boundaries, matching_ratios
+from scripts.metrics import DSB_THRESHOLDS, matching_ratios, rand_info_scores
 from scripts.networks import load_weights
 
 __all__ = [
     "pixel_pairs",
     "complement",
-    "rand_info_scores",
     "ForegroundRandInfo",
     "ObjectMatching",
     "pred_keys",
@@ -66,68 +64,6 @@ def complement(keys: Sequence[str] = ("pred", "label")) -> Callable[[Sequence[di
     return _transform
 
 
-def boundary_regions(boundary: np.ndarray) -> np.ndarray:
-    """Connected components (face connectivity) of the non-boundary pixels: 0 on the boundary, 1..n the regions."""
-    return ndimage.label(~boundary)[0]
-
-
-def rand_info_scores(pred: np.ndarray, label: np.ndarray, segments: bool = False) -> tuple[float, float]:
-    """The ISBI 2012 challenge's foreground-restricted Rand and information scores (alpha 0.5).
-
-    ``label`` is a binary boundary (membrane) map of one image or volume; its neurons are the connected components
-    of its non-boundary pixels (face connectivity), and only their pixels count (foreground-restricted). ``pred`` is
-    a boundary map like it (``segments=False``: its regions are found the same way) or segment ids
-    (``segments=True``, e.g. :func:`scripts.instances.segments_from_boundaries`); either way its boundary pixels
-    (``0``) are joined to their nearest region (:func:`scripts.instances.join_boundaries`), as the challenge's
-    evaluation thins the proposed boundaries. With ``p_ij`` the joint distribution of predicted region ``i`` and
-    true region ``j`` over the counted pixels and ``s``, ``t`` its marginals (Arganda-Carreras et al., Front.
-    Neuroanat. 2015):
-
-    - ``V_rand = sum p_ij^2 / (0.5 sum_i s_i^2 + 0.5 sum_j t_j^2)`` (``1 -`` scikit-image's ``adapted_rand_error``),
-    - ``V_info = I(S; T) / (0.5 H(S) + 0.5 H(T))``,
-
-    both 1 for a perfect segmentation. Returns ``(V_rand, V_info)``, NaN without any true region.
-    """
-    return rand_info_from_pairs(region_pairs(pred, label, segments))
-
-
-def region_pairs(pred: np.ndarray, label: np.ndarray, segments: bool = False) -> np.ndarray:
-    """``(2, n)`` int64: the predicted and true region of each counted pixel (see :func:`rand_info_scores`)."""
-    seg_true = boundary_regions(np.asarray(label) > 0)
-    seg_pred = np.asarray(pred).astype(np.int64) if segments else boundary_regions(np.asarray(pred) > 0)
-    seg_pred = join_boundaries(seg_pred)
-    mask = seg_true > 0
-    return np.stack([seg_pred[mask], seg_true[mask]]).astype(np.int64)
-
-
-def rand_info_from_pairs(pairs: np.ndarray) -> tuple[float, float]:
-    """``(V_rand, V_info)`` of ``(2, n)`` region pairs; pool images by concatenating their pairs with ids made
-    distinct per image (``pairs + [[offset_pred], [offset_true]]``)."""
-    if pairs.shape[1] == 0:
-        return float("nan"), float("nan")
-    _, joint = np.unique(pairs, axis=1, return_counts=True)
-    _, s = np.unique(pairs[0], return_counts=True)
-    _, t = np.unique(pairs[1], return_counts=True)
-    n = float(pairs.shape[1])
-    p, s, t = joint / n, s / n, t / n
-    v_rand = (p**2).sum() / (0.5 * (s**2).sum() + 0.5 * (t**2).sum())
-    h_s, h_t, h_st = -(s * np.log(s)).sum(), -(t * np.log(t)).sum(), -(p * np.log(p)).sum()
-    mutual = h_s + h_t - h_st
-    v_info = mutual / (0.5 * h_s + 0.5 * h_t) if h_s + h_t > 0 else 1.0
-    return float(v_rand), float(v_info)
-
-
-def pooled_rand_info(pairs: Sequence[np.ndarray]) -> tuple[float, float]:
-    """``(V_rand, V_info)`` over several images' :func:`region_pairs`, each image's regions kept distinct."""
-    offset = np.zeros((2, 1), np.int64)
-    shifted = []
-    for pr in pairs:
-        shifted.append(pr + offset)
-        if pr.size:
-            offset = offset + pr.max(axis=1, keepdims=True) + 1
-    return rand_info_from_pairs(np.concatenate(shifted, axis=1) if shifted else np.zeros((2, 0), np.int64))
-
-
 class ForegroundRandInfo(CumulativeIterationMetric):
     """Per-image foreground-restricted Rand (``score="rand"``) or information (``score="info"``) score (see
     :func:`rand_info_scores`), averaged over images. ``y`` ``(B, 1, *spatial)``: the boundary label (boundary = 1);
@@ -160,7 +96,7 @@ class ForegroundRandInfo(CumulativeIterationMetric):
 
 class ObjectMatching(CumulativeIterationMetric):
     """Object matching scores of instance label images ``(B, 1, *spatial)`` (predicted, true; a binary mask counts as
-    its connected components), per image then averaged over images (:func:`scripts.instances.matching_ratios`).
+    its connected components), per image then averaged over images (:func:`scripts.metrics.matching_ratios`).
 
     ``score``: ``"dsb"`` the DSB2018 score (per image the mean over IoU thresholds 0.50, 0.55, ..., 0.95 of
     TP/(TP+FP+FN)); ``"ratio"``, ``"precision"``, ``"recall"`` or ``"f1"`` at the IoU threshold ``iou``. Wrap in

@@ -1,5 +1,5 @@
-"""Objects from segmentations: training targets that separate touching objects, instance labels from probabilities,
-object matching scores (the DSB2018 score) and per-object measurements.
+"""Objects from segmentations: training targets that separate touching objects, instance labels from probabilities
+and per-object measurements (their scores against labels: :mod:`scripts.metrics`).
 
 Conventions: an instance label image holds 0 for background and ``1..N``, one id per object; a binary mask is an
 instance label image of connected components. Arrays are numpy, ``(*spatial)`` without a channel axis, 2D or 3D.
@@ -17,7 +17,6 @@ from skimage.morphology import h_maxima, h_minima
 from skimage.segmentation import find_boundaries, relabel_sequential, watershed
 
 __all__ = [
-    "DSB_THRESHOLDS",
     "as_instances",
     "object_targets",
     "contact_map",
@@ -27,14 +26,11 @@ __all__ = [
     "segments_from_boundaries",
     "components",
     "join_boundaries",
-    "iou_matrix",
-    "matching_ratios",
     "object_table",
     "outline_objects",
     "OBJECT_COLUMNS",
 ]
 
-DSB_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 OBJECT_COLUMNS = ("label", "area", "centroid", "bbox", "equivalent_diameter_area", "intensity_mean")
 
 
@@ -324,44 +320,6 @@ def join_boundaries(segments: np.ndarray) -> np.ndarray:
         return segments
     nearest = ndimage.distance_transform_edt(zero, return_distances=False, return_indices=True)
     return segments[tuple(nearest)]
-
-
-def iou_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """``(n_true, n_pred)`` intersection over union of every pair of objects of two instance label images of the same
-    shape (ids renumbered ``1..N`` first)."""
-    pred, true = as_instances(pred), as_instances(true)
-    n_pred, n_true = int(pred.max()), int(true.max())
-    joint = np.bincount(
-        true.ravel().astype(np.int64) * (n_pred + 1) + pred.ravel(), minlength=(n_true + 1) * (n_pred + 1)
-    )
-    joint = joint.reshape(n_true + 1, n_pred + 1)
-    area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
-    inter = joint[1:, 1:].astype(np.float64)
-    union = area_true[1:, None] + area_pred[None, 1:] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def matching_ratios(
-    pred: np.ndarray, true: np.ndarray, thresholds: tuple[float, ...] = DSB_THRESHOLDS
-) -> dict[str, np.ndarray]:
-    """Object matching of one image at each IoU threshold ``t``: a predicted and a true object match when their IoU
-    exceeds ``t`` (for ``t >= 0.5`` a match is unique), ``TP`` matched pairs, ``FP`` unmatched predictions, ``FN``
-    unmatched true objects. Returns arrays over ``thresholds``: ``ratio`` = TP/(TP+FP+FN) (the DSB2018 score of the
-    image is its mean over 0.50..0.95), ``precision``, ``recall``, ``f1``; all 1 when both images are empty."""
-    iou = iou_matrix(pred, true)
-    n_true, n_pred = iou.shape
-    thresholds_arr = np.asarray(thresholds, dtype=np.float64)
-    if n_true == 0 and n_pred == 0:
-        ones = np.ones_like(thresholds_arr)
-        return {"ratio": ones, "precision": ones, "recall": ones, "f1": ones}
-    tp = (iou[None] > thresholds_arr[:, None, None]).sum(axis=(1, 2)).astype(np.float64)
-    fp, fn = n_pred - tp, n_true - tp
-    return {
-        "ratio": tp / (tp + fp + fn),
-        "precision": np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0),
-        "recall": np.divide(tp, tp + fn, out=np.zeros_like(tp), where=tp + fn > 0),
-        "f1": np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0),
-    }
 
 
 def object_table(instances: np.ndarray, image: np.ndarray | None = None, spacing: tuple | None = None) -> dict:

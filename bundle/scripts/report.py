@@ -39,8 +39,19 @@ from PIL import Image
 
 from scripts import quiet
 from scripts.data import load_datalist
-from scripts.evaluation import boundary_regions, pooled_rand_info, region_pairs
-from scripts.instances import DSB_THRESHOLDS, as_instances, iou_matrix, matching_ratios, outline_objects
+from scripts.instances import as_instances, outline_objects
+from scripts.metrics import (
+    DSB_THRESHOLDS,
+    boundary_regions,
+    dice,
+    dsb_score,
+    iou,
+    matching_ratios,
+    object_counts,
+    object_f1,
+    pooled_rand_info,
+    region_pairs,
+)
 
 __all__ = [
     "score_predictions",
@@ -130,7 +141,7 @@ def _object_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
 
 
 def _pairs(items: list[dict], pred_dir: Path, suffix: str) -> list[np.ndarray]:
-    """:func:`scripts.evaluation.region_pairs` of each item's ``<stem><suffix>`` against its membrane label."""
+    """:func:`scripts.metrics.region_pairs` of each item's ``<stem><suffix>`` against its membrane label."""
     pairs = []
     for it in items:
         label = np.asarray(Image.open(it["label"]).convert("L")) > 0
@@ -155,23 +166,6 @@ def _neuron_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
     return {k: float(v) for k, v in scores.items()}
 
 
-def object_counts(pred: np.ndarray, true: np.ndarray, iou: float = 0.5) -> np.ndarray:
-    """``[TP, FP, FN]`` of objects matched one to one at IoU above ``iou`` (>= 0.5) between two instance label
-    images (a binary mask counts as its connected components)."""
-    m = iou_matrix(pred, true)  # (n_true, n_pred)
-    tp = int((m > iou).sum())
-    return np.asarray([tp, m.shape[1] - tp, m.shape[0] - tp])
-
-
-def _f1_scores(counts: np.ndarray, prefix: str = "") -> dict[str, float]:
-    tp, fp, fn = (int(c) for c in counts)
-    return {
-        f"{prefix}object precision": tp / max(tp + fp, 1),
-        f"{prefix}object recall": tp / max(tp + fn, 1),
-        f"{prefix}object F1": 2 * tp / max(2 * tp + fp + fn, 1),
-    }
-
-
 def _mitochondria_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
     """Object precision, recall and F1 at IoU 0.5, counts pooled over the images, of ``<stem>_instances.png``
     against the label's connected components, and of the connected components of ``<stem>_seg.png`` beside them."""
@@ -183,7 +177,7 @@ def _mitochondria_scores(items: list[dict], pred_dir: Path) -> dict[str, float]:
         label = np.asarray(Image.open(it["label"]).convert("L")) > 0
         ours += object_counts(np.asarray(Image.open(pred_dir / f"{stem}_instances.png")), label)
         cc += object_counts(np.asarray(Image.open(pred_dir / f"{stem}_seg.png").convert("L")) > 0, label)
-    return {**_f1_scores(ours), **_f1_scores(cc, "connected components: ")}
+    return {**object_f1(ours), **object_f1(cc, "connected components: ")}
 
 
 OBJECT_SCORES = {"nuclei": _object_scores, "neurons": _neuron_scores, "mitochondria": _mitochondria_scores}
@@ -226,13 +220,12 @@ def plot_examples(
         image = np.asarray(Image.open(it["image"]).convert("L"))
         label = np.asarray(Image.open(it["label"]).convert("L")) > 0
         pred = np.asarray(Image.open(Path(pred_dir) / f"{stem}_seg.png")) > 0
-        dice = 2 * (pred & label).sum() / max(pred.sum() + label.sum(), 1)
         rows.append(
             [
                 (image, "gray", f"{it.get('group', '')} {stem[:8]} {image.shape[1]}x{image.shape[0]}"),
                 (label, "gray", "ground truth"),
                 (pred, "gray", "prediction"),
-                (_errors(pred, label), None, f"errors, Dice {dice:.3f}"),
+                (_errors(pred, label), None, f"errors, Dice {dice(pred, label):.3f}"),
             ]
         )
     _plot_grid(rows, out_file, panel=3, dpi=80, fontsize=9)
@@ -254,7 +247,7 @@ def plot_instances(
         true = as_instances(np.asarray(Image.open(it["label"])))
         seg = as_instances(np.asarray(Image.open(Path(pred_dir) / f"{stem}_seg.png")) > 0)
         pred = np.asarray(Image.open(Path(pred_dir) / f"{stem}_instances.png")).astype(np.int64)
-        dsb = [float(matching_ratios(p, true)["ratio"].mean()) for p in (seg, pred)]
+        dsb = [dsb_score(p, true) for p in (seg, pred)]
         rows.append(
             [
                 (outline_objects(image, true), None, f"{it.get('group', '')} {stem[:8]}: {int(true.max())} nuclei"),
@@ -499,8 +492,8 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
         instances = Path(str(path).replace("_seg.", "_instances."))
         if instances.is_file() and instances != Path(path):
             instances_[name] = np.asarray(nib.load(instances).dataobj)
-            report[name].update(_f1_scores(object_counts(instances_[name], truth)))
-        report[name].update(_f1_scores(object_counts(volumes_[name], truth), "connected components: "))
+            report[name].update(object_f1(object_counts(instances_[name], truth)))
+        report[name].update(object_f1(object_counts(volumes_[name], truth), "connected components: "))
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.with_suffix(".json").write_text(json.dumps({"label": str(label), "scores": report}, indent=4))
@@ -516,8 +509,7 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
             panels = [(img[..., z].T, "gray", f"section {z}"), (t, "gray", "ground truth")]
             for name, v in volumes_.items():
                 p = v[..., z].T
-                iou = (p & t).sum() / max((p | t).sum(), 1)
-                panels.append((_errors(p, t), None, f"{name}, IoU {iou:.3f}"))
+                panels.append((_errors(p, t), None, f"{name}, IoU {iou(p, t):.3f}"))
                 if name in instances_:
                     objects = instances_[name][..., z].T
                     title = f"{name}: 3D objects (F1 {report[name]['object F1']:.3f})"

@@ -1,0 +1,36 @@
+"""Unit tests of scripts.metrics: the array scores that report, tools and tests share (matching and Rand/info scores
+are also tested against the challenges' definitions in test_instances.py and test_em.py)."""
+
+import numpy as np
+import pytest
+
+from scripts.metrics import dice, dsb_score, iou, matching_ratios, object_counts, object_f1
+
+
+def test_dice_and_iou_of_masks_hand_computed():
+    pred = np.zeros((4, 5), bool)
+    label = np.zeros((4, 5), bool)
+    pred[:2, :3], label[1:3, :3] = True, True  # 6 and 6 pixels, 3 shared
+    assert dice(pred, label) == pytest.approx(2 * 3 / 12)
+    assert iou(pred, label) == pytest.approx(3 / 9)
+    empty = np.zeros((4, 5), bool)
+    assert dice(empty, empty) == 1.0 and iou(empty, empty) == 1.0
+    assert dice(pred, empty) == 0.0
+    with pytest.raises(ValueError, match="differs from label shape"):
+        dice(pred, label[:3])
+
+
+def test_object_counts_and_f1_hand_computed():
+    true = np.zeros((10, 10), np.int32)
+    true[0:4, 0:4], true[6:9, 6:9] = 1, 2
+    pred = np.zeros_like(true)
+    pred[0:4, 0:3] = 5  # IoU 12/16 with object 1
+    pred[6:7, 6:7] = 7  # IoU 1/9: no match
+    pred[0:2, 8:10] = 9  # a false detection
+    assert object_counts(pred, true).tolist() == [1, 2, 1]
+    f1 = object_f1(object_counts(pred, true), "x: ")
+    assert f1 == pytest.approx({"x: object precision": 1 / 3, "x: object recall": 1 / 2, "x: object F1": 2 / 5})
+    assert object_f1(np.zeros(3)) == {"object precision": 0.0, "object recall": 0.0, "object F1": 0.0}
+    # DSB2018: TP/(TP+FP+FN) is 1/4 at thresholds below IoU 0.75, 0 from 0.75 up (5 of the 10 thresholds)
+    assert matching_ratios(pred, true)["ratio"][:5] == pytest.approx([0.25] * 5)
+    assert dsb_score(pred, true) == pytest.approx(0.125)
