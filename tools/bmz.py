@@ -39,6 +39,7 @@ from monai.transforms import EnsureTyped, NormalizeIntensityd
 from PIL import Image
 
 from scripts import InputError, MissingInputError
+from scripts.files import reverse_axes
 from scripts.networks import R2AttUNet, fold_batch_norm, load_weights
 from scripts.presets import config_files
 from tools import BUNDLE
@@ -191,7 +192,7 @@ def _numpy_axes(tensor: torch.Tensor, spatial_dims: int) -> np.ndarray:
         if array.shape[-1] != 1:
             raise InputError(f"a 2D preset's package takes one image, got a stack of {array.shape[-1]} sections")
         array = array[..., 0]
-    return np.ascontiguousarray(np.transpose(array, (0, 1, *range(array.ndim - 1, 1, -1))))
+    return reverse_axes(array, leading=2, contiguous=True)
 
 
 def crop_image(source: Path, size: tuple[int, ...], out_dir: Path) -> Path:

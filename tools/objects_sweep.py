@@ -32,7 +32,7 @@ from monai.data import Dataset
 from PIL import Image
 
 from scripts.data import load_datalist
-from scripts.files import write_json_atomic
+from scripts.files import reverse_axes, write_json_atomic
 from scripts.instances import as_instances, instances_from_probabilities, segments_from_boundaries
 from scripts.metrics import matching_ratios, pooled_rand_info, region_pairs
 from tools import BUNDLE
@@ -67,7 +67,7 @@ def probabilities(
             nets = members or [network]
             prob = torch.stack([torch.sigmoid(inferer(image, n)[0].float()) for n in nets]).mean(0)
         true = as_instances(np.asarray(Image.open(it["label"])))
-        prob = prob.numpy().transpose(0, 2, 1)  # PILReader's (X, Y) back to the file's (Y, X)
+        prob = reverse_axes(prob.numpy(), leading=1)  # PILReader's (X, Y) back to the file's (Y, X)
         results.append({"id": it.get("id", it["image"]), "group": it.get("group", "all"), "prob": prob, "true": true})
     return results
 

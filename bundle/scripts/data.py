@@ -26,7 +26,7 @@ from monai.data import load_decathlon_datalist, partition_dataset_classes
 from PIL import Image
 
 from scripts import InputError, MissingInputError
-from scripts.files import atomic_path, save_png_atomic, write_json_atomic
+from scripts.files import atomic_path, reverse_axes, save_png_atomic, write_json_atomic
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -494,7 +494,7 @@ def prepare_vnc(
     slices: dict[str, list[dict]] = {"training": [], "validation": []}
     for key, ks in split.items():
         for kind, stack in (("images", sections), ("labels", masks)):
-            xyz = np.ascontiguousarray(np.transpose(np.stack([stack[k] for k in ks]), (2, 1, 0)))
+            xyz = reverse_axes(np.stack([stack[k] for k in ks]), contiguous=True)
             path = out / "volumes" / kind / f"{key}.nii.gz"
             img = nib.Nifti1Image(xyz, affine)
             img.header.set_xyzt_units("micron")

@@ -1,7 +1,11 @@
-"""Files written whole or not at all: one temporary file next to the target, renamed over it on success
-(``os.replace`` is atomic on POSIX and Windows) and removed on any error, so an interrupted run never leaves a
-partial image, table, checkpoint or datalist behind. Every writer of the bundle and its tools goes through
-:func:`atomic_path`."""
+"""Files written whole or not at all, and the axes of arrays in files.
+
+Atomic writes: one temporary file next to the target, renamed over it on success (``os.replace`` is atomic on POSIX
+and Windows) and removed on any error, so an interrupted run never leaves a partial image, table, checkpoint or
+datalist behind. Every writer of the bundle and its tools goes through :func:`atomic_path`.
+
+Axes: MONAI's readers give arrays in ``(X, Y[, Z])`` order (first axis the image's width), image files (PNG, TIFF,
+zarr, numpy) hold ``(Y, X)`` / ``(Z, Y, X)``; :func:`reverse_axes` converts either way."""
 
 from __future__ import annotations
 
@@ -10,8 +14,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "save_png_atomic"]
+import numpy as np
+import torch
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "save_png_atomic", "reverse_axes"]
 
 
 @contextmanager
@@ -49,3 +59,17 @@ def save_png_atomic(array, path: str | os.PathLike) -> None:
 
     with atomic_path(path, ".png") as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def reverse_axes(array: Array, leading: int = 0, trailing: int = 0, contiguous: bool = False) -> Array:
+    """``array`` with its spatial axes in reverse order: MONAI's ``(X, Y[, Z])`` to a file's ``(Y, X)`` /
+    ``(Z, Y, X)`` and back (the function is its own inverse). The first ``leading`` axes (batch, channel) and the last
+    ``trailing`` axes (e.g. RGB samples) keep their place. numpy arrays or torch tensors; a view unless
+    ``contiguous``."""
+    n = array.ndim
+    order = (*range(leading), *range(n - trailing - 1, leading - 1, -1), *range(n - trailing, n))
+    if isinstance(array, torch.Tensor):
+        out = array.permute(order)
+        return out.contiguous() if contiguous else out
+    out = np.transpose(array, order)
+    return np.ascontiguousarray(out) if contiguous else out

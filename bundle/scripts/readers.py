@@ -23,6 +23,7 @@ from PIL import Image
 
 from scripts import as_bool
 from scripts.data import to_colour, to_grayscale
+from scripts.files import reverse_axes
 
 __all__ = ["STACK_SUFFIXES", "StackReader", "read_stack", "image_reader"]
 
@@ -90,7 +91,7 @@ class StackReader(ImageReader):
         if len(img) != 1:
             raise ValueError("StackReader reads one file per sample.")
         filename, zyx = img[0]
-        xyz = np.ascontiguousarray(np.transpose(zyx, (2, 1, 0)))
+        xyz = reverse_axes(zyx, contiguous=True)
         meta = {
             MetaKeys.AFFINE: np.eye(4),
             MetaKeys.ORIGINAL_AFFINE: np.eye(4),

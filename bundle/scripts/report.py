@@ -39,6 +39,7 @@ from PIL import Image
 
 from scripts import quiet
 from scripts.data import load_datalist
+from scripts.files import reverse_axes
 from scripts.instances import as_instances, outline_objects
 from scripts.metrics import (
     DSB_THRESHOLDS,
@@ -505,17 +506,17 @@ def volumes(label: str, preds: dict, out: str, image: str | None = None, section
         img = np.asarray(nib.load(image).dataobj)
         rows = []
         for z in np.linspace(0, truth.shape[2] - 1, sections).round().astype(int):
-            t = truth[..., z].T
-            panels = [(img[..., z].T, "gray", f"section {z}"), (t, "gray", "ground truth")]
+            t, section = reverse_axes(truth[..., z]), reverse_axes(img[..., z])  # (Y, X), as the files show them
+            panels = [(section, "gray", f"section {z}"), (t, "gray", "ground truth")]
             for name, v in volumes_.items():
-                p = v[..., z].T
+                p = reverse_axes(v[..., z])
                 panels.append((_errors(p, t), None, f"{name}, IoU {iou(p, t):.3f}"))
                 if name in instances_:
-                    objects = instances_[name][..., z].T
+                    objects = reverse_axes(instances_[name][..., z])
                     title = f"{name}: 3D objects (F1 {report[name]['object F1']:.3f})"
-                    section = img[..., z].T.astype(np.float64)
-                    section = (section - section.min()) / max(float(np.ptp(section)), 1e-8)
-                    panels.append((label2rgb(objects, section, bg_label=0, alpha=0.45), None, title))
+                    gray = section.astype(np.float64)
+                    gray = (gray - gray.min()) / max(float(np.ptp(gray)), 1e-8)
+                    panels.append((label2rgb(objects, gray, bg_label=0, alpha=0.45), None, title))
             rows.append(panels)
         _plot_grid(rows, out_path, panel=4, dpi=60, fontsize=10)
     return report
