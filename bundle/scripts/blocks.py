@@ -37,10 +37,11 @@ except ImportError as e:  # zarr 2 (Python 3.10) or none
 
 from scripts import InputError, as_bool
 from scripts.distributed import init_processes
-from scripts.files import atomic_path, write_json_atomic, write_text_atomic
+from scripts.files import atomic_path, reverse_axes, write_json_atomic, write_text_atomic
 from scripts.inferers import WholeImageInferer
 from scripts.instances import object_table
 from scripts.networks import load_weights
+from scripts.writers import objects_csv_text
 
 __all__ = [
     "open_array",
@@ -245,15 +246,6 @@ class BlockGrid:
         return tuple(out)
 
 
-def _torch_axes(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(tuple(range(a.ndim))[::-1])))
-
-
-def _file_axes(t: torch.Tensor) -> np.ndarray:
-    a = t.detach().float().cpu().numpy()
-    return a.transpose(tuple(range(a.ndim))[::-1])
-
-
 def _fingerprint(path: str, arr: zarr.Array, info: dict, options: dict) -> dict:
     return {
         "input": os.path.abspath(path),
@@ -292,7 +284,8 @@ class BlockInference:
             with the input's axes and scale when the input was OME-Zarr), ``<stem>_prob.zarr`` (float16 probability,
             with ``save_probabilities``) and ``<stem>_instances.zarr`` (uint32 ids unique over the volume, objects
             cut by block borders joined) go; for a TIFF input, TIFF stacks of the same names, written page by page.
-            ``<stem>_objects.csv`` lists the objects (id, voxels, centroid, bounding box, file axes).
+            ``<stem>_objects.csv`` lists the objects in :class:`scripts.writers.SaveObjectsd`'s columns (id, voxels,
+            centroid, bounding box in file axes, equivalent diameter, mean input intensity).
         network: the preset's network; ``ckpt_path`` its weights.
         inferer: the preset's inferer (``scripts.inferers.with_flips(@inferer, @tta)``).
         instances: the preset's instance transform (``Instancesd``) or ``None``.
@@ -367,9 +360,9 @@ class BlockInference:
     def _work_dir(self, stem: str) -> Path:
         return self.output_dir / f".{stem}_blocks"
 
-    def _prepare(self, path: str, arr: zarr.Array, info: dict, grid: BlockGrid, work: Path) -> dict:
-        """Rank 0: the run record (input fingerprint, intensity statistics) and empty outputs; an existing record of
-        another input or other options is an error (nothing written is touched)."""
+    def _check_previous(self, path: str, arr: zarr.Array, info: dict, grid: BlockGrid, work: Path) -> dict:
+        """Every rank, before anything is written: the fingerprint of this run (input, options, weights). A run
+        record of another input or other options, or outputs of another run, are an error (nothing is touched)."""
         options = {"block": list(grid.block), "window": list(grid.window), "threshold": self.threshold}
         options["weights"] = hashlib.md5(Path(self.ckpt_path).read_bytes()).hexdigest()
         options["instances"] = type(self.instances).__name__ if self.instances is not None else None
@@ -383,20 +376,25 @@ class BlockInference:
                     f"{work}: holds a block-wise run of {previous.get('fingerprint', {}).get('input')} with other"
                     f" options or input; remove it (and the outputs of {_stem(path)}) or choose another output_dir."
                 )
-            return previous
-        stem = _stem(path)
+            return fingerprint
         for name in ("seg", "prob", "instances"):
-            out = self.output_dir / f"{stem}_{name}.{'tif' if info['kind'] == 'tiff' else 'zarr'}"
+            out = self.output_dir / f"{_stem(path)}_{name}.{'tif' if info['kind'] == 'tiff' else 'zarr'}"
             if out.exists():
                 raise InputError(f"{out}: exists from another run; remove it or choose another output_dir.")
+        return fingerprint
+
+    def _prepare(
+        self, arr: zarr.Array, info: dict, grid: BlockGrid, work: Path, fingerprint: dict, stats: tuple[float, float]
+    ) -> None:
+        """Rank 0, for a new run: empty outputs, then the run record (fingerprint, intensity statistics)."""
+        stem = _stem(info["path"])
         work.mkdir(parents=True, exist_ok=True)
-        mean, std = self._statistics(arr, info, grid)
+        mean, std = stats
         chunks = _chunks(arr, info) if info["kind"] != "tiff" else tuple(grid.block)
         shape = _spatial_shape(arr, info)
         self._create(work, stem, info, shape, chunks)
         run = {"fingerprint": fingerprint, "mean": mean, "std": std, "chunks": list(chunks)}
-        write_json_atomic(run, record, indent=1)
-        return run
+        write_json_atomic(run, work / "run.json", indent=1)
 
     def _read_block(
         self, arr: zarr.Array, info: dict, grid: BlockGrid, i: int, region: tuple[slice, ...]
@@ -420,11 +418,21 @@ class BlockInference:
 
     def _statistics(self, arr: zarr.Array, info: dict, grid: BlockGrid) -> tuple[float, float]:
         """Mean and standard deviation of the whole array (as ``NormalizeIntensityd`` of the whole-volume path), one
-        block at a time."""
-        total, total2, n = 0.0, 0.0, 0
-        for i in range(len(grid)):
-            a = self._read_block(arr, info, grid, i, grid.block_slices(i)).astype(np.float64)
-            total, total2, n = total + a.sum(), total2 + (a * a).sum(), n + a.size
+        block at a time, each process reading its share of the blocks, the sums added over the processes. Integer
+        inputs are summed exactly (int64), so every number of processes gives the same statistics."""
+        exact = np.issubdtype(arr.dtype, np.integer)
+        dtype = np.int64 if exact else np.float64
+        sums = np.zeros(3, dtype)  # sum, sum of squares, count
+        for i in range(self.rank, len(grid), self.world):
+            a = self._read_block(arr, info, grid, i, grid.block_slices(i)).astype(dtype)
+            sums += np.asarray([a.sum(), (a * a).sum(), a.size], dtype)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            shared = torch.from_numpy(sums)
+            dist.all_reduce(shared)
+            sums = shared.numpy()
+        total, total2, n = (int(v) if exact else float(v) for v in sums)
         mean = total / max(n, 1)
         return mean, math.sqrt(max(total2 / max(n, 1) - mean * mean, 0.0))
 
@@ -490,8 +498,13 @@ class BlockInference:
         block = tuple(min(n, math.ceil(b / c) * c) for b, c, n in zip(block, chunks, shape, strict=True))
         grid = BlockGrid(shape, block, window, stride)
         stem, work = _stem(path), self._work_dir(_stem(path))
-        if self.rank == 0:
-            self._prepare(path, arr, info, grid, work)
+        fingerprint = self._check_previous(path, arr, info, grid, work)
+        new_run = not (work / "run.json").is_file()
+        self._barrier()  # every process has looked before rank 0 writes the record
+        if new_run:
+            stats = self._statistics(arr, info, grid)
+            if self.rank == 0:
+                self._prepare(arr, info, grid, work, fingerprint, stats)
         self._barrier()
         run = json.loads((work / "run.json").read_text())
         targets = self._open_targets(work, stem, info)
@@ -531,9 +544,9 @@ class BlockInference:
         done_dir: Path,
     ) -> None:
         region, block = grid.region(i), grid.block_slices(i)
-        image = self._read_block(arr, info, grid, i, region).astype(np.float32)
-        image = (image - run["mean"]) / (run["std"] if run["std"] > 0 else 1.0)
-        x = _torch_axes(image)[None, None].to(self.device)
+        raw = self._read_block(arr, info, grid, i, region)
+        image = (raw.astype(np.float32) - run["mean"]) / (run["std"] if run["std"] > 0 else 1.0)
+        x = torch.from_numpy(reverse_axes(image, contiguous=True))[None, None].to(self.device)
         with torch.no_grad():
             logits = self.inferer(x, self.network)
         prob = torch.sigmoid(logits[0].float())
@@ -550,17 +563,21 @@ class BlockInference:
         ids = None
         if self.instances is not None:
             d = self.instances({"pred": prob})
-            prob, ids = d["pred"], _file_axes(d["instances"][0])[inner].astype(np.uint64)
+            prob, ids = d["pred"], reverse_axes(d["instances"][0].detach().cpu().numpy())[inner].astype(np.uint64)
         prob = prob[(slice(None),) + inner[::-1]]
-        p = _file_axes(prob[0])
+        p = reverse_axes(prob[0].detach().float().cpu().numpy())
         targets["seg"][block] = np.where(p >= self.threshold, 255, 0).astype(np.uint8)
         if "prob" in targets:
             targets["prob"][block] = p.astype(np.float16)
-        count = 0
+        record: dict[str, Any] = {"block": i, "slices": _fmt(block), "objects": 0}
         if ids is not None:
-            count = int(ids.max(initial=0))
-            targets["ids"][block] = np.where(ids > 0, ids + (np.uint64(i + 1) << np.uint64(32)), 0).astype(np.uint64)
-        write_json_atomic({"block": i, "slices": _fmt(block), "objects": count}, done_dir / f"{i}.json", indent=1)
+            record["objects"] = int(ids.max(initial=0))
+            targets["ids"][block] = np.where(ids > 0, ids + _block_key(i), 0).astype(np.uint64)
+            # each object's sum of input intensities in this block, for the table's mean_intensity
+            in_block = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(block, region, strict=True))
+            sums = np.bincount(ids.ravel().astype(np.int64), weights=raw[in_block].astype(np.float64).ravel())
+            record["intensity"] = {str(k): float(sums[k]) for k in np.flatnonzero(sums[1:]) + 1}
+        write_json_atomic(record, done_dir / f"{i}.json", indent=1)
 
     # ---- after all blocks -----------------------------------------------------------------------------------
     def _finish(self, path: str, info: dict, grid: BlockGrid, work: Path, stem: str, targets: dict) -> list[str]:
@@ -617,10 +634,12 @@ class BlockInference:
             totals[root] = totals.get(root, 0) + c
         labels: dict[int, int] = {}
         stats: dict[int, list] = {}
+        intensity: dict[int, float] = {}
         for i in range(len(grid)):
             sl = grid.block_slices(i)
             block_ids = np.asarray(ids[sl])
             keys = np.unique(block_ids[block_ids > 0]).tolist()
+            sums = json.loads((work / "done" / f"{i}.json").read_text()).get("intensity", {})
             values = [0]
             for k in keys:
                 root = union.find(k)
@@ -630,6 +649,8 @@ class BlockInference:
                 if root not in labels:
                     labels[root] = len(labels) + 1
                 values.append(labels[root])
+                local = str(k - _block_key(i))
+                intensity[labels[root]] = intensity.get(labels[root], 0.0) + sums.get(local, float("nan"))
             lut_keys = np.asarray([0] + keys, np.uint64)
             final = np.asarray(values, np.uint32)[np.searchsorted(lut_keys, block_ids)]
             targets["instances"][sl] = final
@@ -641,8 +662,13 @@ class BlockInference:
                         part[dropped] = 0
                         targets[name][sl] = part
             _accumulate(stats, final, [s.start for s in sl])
-        _write_objects_csv(stats, self.output_dir / f"{stem}_objects.csv", info["axes"])
+        _write_objects_csv(stats, intensity, self.output_dir / f"{stem}_objects.csv", len(grid.shape))
         write_json_atomic({"objects": len(labels)}, work / "instances.json", indent=1)
+
+
+def _block_key(i: int) -> np.uint64:
+    """What block ``i`` adds to its objects' ids in the 64-bit ids array, so that ids are unique over blocks."""
+    return np.uint64(i + 1) << np.uint64(32)
 
 
 def _fmt(slices: tuple[slice, ...]) -> str:
@@ -673,16 +699,21 @@ def _accumulate(stats: dict[int, list], final: np.ndarray, origin: list[int]) ->
             s[3] = [max(x, y) for x, y in zip(s[3], hi, strict=True)]
 
 
-def _write_objects_csv(stats: dict[int, list], path: Path, axes: Sequence[str]) -> None:
-    names = [a.lower() for a in axes]
-    header = ["id", "area"] + [f"centroid_{a}" for a in names]
-    header += [f"bbox_{a}_min" for a in names] + [f"bbox_{a}_max" for a in names]
-    lines = [",".join(header)]
-    for obj in sorted(stats):
-        n, sums, lo, hi = stats[obj]
-        row = [str(obj), str(int(n))] + [f"{s / n:.3f}" for s in sums] + [str(v) for v in lo] + [str(v) for v in hi]
-        lines.append(",".join(row))
-    write_text_atomic("\n".join(lines) + "\n", path)
+def _write_objects_csv(stats: dict[int, list], intensity: dict[int, float], path: Path, ndim: int) -> None:
+    """``<stem>_objects.csv`` of the joined objects, in the schema of :class:`scripts.writers.SaveObjectsd`
+    (``object_table``'s columns, :func:`scripts.writers.objects_csv_text`)."""
+    ids = sorted(stats)
+    area = np.asarray([stats[k][0] for k in ids], np.float64)
+    table: dict[str, np.ndarray] = {"id": np.asarray(ids, np.int64), "area": area}
+    for a in range(ndim):
+        table[f"centroid-{a}"] = np.asarray([stats[k][1][a] for k in ids], np.float64) / np.maximum(area, 1)
+    for a in range(2 * ndim):
+        table[f"bbox-{a}"] = np.asarray([stats[k][2 + a // ndim][a % ndim] for k in ids], np.int64)
+    table["equivalent_diameter"] = (2 * ndim * area / math.pi) ** (1 / ndim)  # as scikit-image's regionprops
+    table["mean_intensity"] = np.asarray([intensity.get(k, float("nan")) for k in ids], np.float64) / np.maximum(
+        area, 1
+    )
+    write_text_atomic(objects_csv_text(table, ndim), path)
 
 
 def _zarr_to_tiff(array: zarr.Array, path: Path) -> None:

@@ -21,7 +21,7 @@ from monai.transforms import SaveImage, SaveImaged
 from PIL import Image
 
 from scripts import as_bool
-from scripts.files import atomic_path, write_text_atomic
+from scripts.files import atomic_path, reverse_axes, write_text_atomic
 from scripts.instances import object_table
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "AtomicStackWriter",
     "image_writer",
     "SaveObjectsd",
+    "objects_csv_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,11 +116,11 @@ class AtomicStackWriter(ImageWriter):
         if suffix == ".nii.gz":
             nib.save(self._nifti(data), tmp)
         elif suffix == ".tif":  # an ImageJ hyperstack: pages, never read as RGB unless it is
-            zyx = np.ascontiguousarray(np.transpose(data, (2, 1, 0, 3) if rgb else (2, 1, 0)))
+            zyx = reverse_axes(data, trailing=int(rgb), contiguous=True)
             photometric, axes = ("rgb", "ZYXS") if rgb else ("minisblack", "ZYX")
             tifffile.imwrite(tmp, zyx, imagej=True, photometric=photometric, metadata={"axes": axes})
         else:
-            Image.fromarray(np.ascontiguousarray(np.swapaxes(data[:, :, 0], 0, 1))).save(tmp, format="PNG")
+            Image.fromarray(reverse_axes(data[:, :, 0], contiguous=True)).save(tmp, format="PNG")
 
     def write(self, filename, verbose: bool = False, **kwargs) -> None:
         source = self.source.lower()
@@ -244,13 +245,10 @@ class SaveObjectsd(SaveImaged):
             save(instances)
             image = None
             if self.image_key is not None and self.image_key in d:
-                image = np.asarray(d[self.image_key][0].detach().cpu(), dtype=np.float64).T
+                image = reverse_axes(np.asarray(d[self.image_key][0].detach().cpu(), dtype=np.float64))
             spacing, unit = _voxel_size(instances.meta, ids.ndim)
-            table = object_table(ids.T, image, spacing)  # the file's axes: (y, x) or (z, y, x)
-            columns = _named_columns(table, ids.ndim)
-            if "volume" in columns and unit:
-                columns[f"volume_{unit}3"] = columns.pop("volume")
-            write_text_atomic(_csv_text(columns), self._path(source, "objects", ".csv"))
+            table = object_table(reverse_axes(ids), image, spacing)  # the file's axes: (y, x) or (z, y, x)
+            write_text_atomic(objects_csv_text(table, ids.ndim, unit), self._path(source, "objects", ".csv"))
             self._update_summary(source, count)
         return d
 
@@ -266,6 +264,17 @@ def _voxel_size(meta: Mapping, ndim: int) -> tuple[tuple[float, ...] | None, str
     pixdim = np.asarray(meta["pixdim"], dtype=np.float64).ravel()[1 : ndim + 1]
     unit = _NIFTI_UNITS.get(int(np.asarray(meta.get("xyzt_units", 0)).ravel()[0]) & 7, "")
     return tuple(float(v) for v in pixdim[::-1]), unit
+
+
+def objects_csv_text(table: dict, ndim: int, unit: str = "") -> str:
+    """The text of ``<stem>_objects.csv`` from a table in :func:`scripts.instances.object_table`'s columns (``id``,
+    ``area``, ``centroid-k``, ``bbox-k``, ``equivalent_diameter``, ``mean_intensity``, ``volume``; file axes): the
+    axes named (``centroid_y``, ``bbox_x_max``...) and ``volume`` as ``volume_<unit>3``. The one schema of
+    :class:`SaveObjectsd` and of block-wise runs (:mod:`scripts.blocks`)."""
+    columns = _named_columns(table, ndim)
+    if "volume" in columns and unit:
+        columns[f"volume_{unit}3"] = columns.pop("volume")
+    return _csv_text(columns)
 
 
 def _named_columns(table: dict, ndim: int) -> dict:
