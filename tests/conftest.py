@@ -28,17 +28,46 @@ for path in (BUNDLE, REPO):  # the bundle's scripts package; the repository's to
         sys.path.insert(0, str(path))
 
 
-def run_bundle(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle <args>`` from the bundle root; fails the test with the output on a non-zero exit."""
-    cmd = [sys.executable, "-m", "monai.bundle", *args]
+def run_module(
+    module: str,
+    *args: str,
+    check: bool = True,
+    nproc: int = 1,
+    stop_after: tuple[int, str] | None = None,
+    cwd: Path = BUNDLE,
+    timeout: int = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
+    """The tests' one launcher: ``python -m <module> <args>`` in ``cwd`` (the bundle root, as users run it), output
+    captured as text.
+
+    - ``check``: fail the test with the command and its output on a non-zero exit (``False``: return it anyway).
+    - ``nproc`` > 1: under ``torchrun`` (standalone, one node, ``nproc`` processes, gloo on CPU, one thread each).
+    - ``stop_after=(n, pattern)``: the process exits at once with status 137, without any clean-up, as a SIGKILL would
+      stop it, right after it has completed its ``n``-th file whose name matches the glob ``pattern`` (every atomic
+      write ends in ``os.replace`` or ``os.rename``; :mod:`stop_after`): a deterministic interruption, no timer (of
+      the launching process: not with ``nproc``).
+    """
+    cmd = [sys.executable]
+    if stop_after is not None:
+        cmd += [str(Path(__file__).with_name("stop_after.py")), str(stop_after[0]), stop_after[1]]
+    if nproc > 1:
+        cmd += ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}"]
+        env = {"OMP_NUM_THREADS": "1", **(env or {})}
+    cmd += ["-m", module, *args]
     proc = subprocess.run(
-        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
     )
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         pytest.fail(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def run_bundle(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <args>`` through :func:`run_module` (same keywords)."""
+    return run_module("monai.bundle", *args, **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -48,23 +77,21 @@ def dsb2018_dir() -> Path:
     return DSB2018
 
 
-# whole modules that train, start servers or run torchrun; other tests are slow when they (or a fixture they use) run
-# a subprocess: ``pytest -m "not slow"`` is the quick loop
-SLOW_MODULES = {"test_monailabel", "test_distributed", "test_pretrained", "test_benchmark", "test_reliability"}
-
-
 def _runs_processes(function) -> bool:
     names = set(getattr(getattr(function, "__code__", None), "co_names", ()))
-    return bool(names & {"run_bundle", "subprocess", "_bundle", "report"})
+    return bool(names & {"run_bundle", "run_module", "torchrun", "subprocess", "_bundle", "report"})
 
 
 def pytest_collection_modifyitems(config, items):
+    """Tests that run the bundle (or anything) in a subprocess, themselves or through a fixture, carry an explicit
+    ``@pytest.mark.slow`` (or their module's ``pytestmark``), so that ``pytest -m "not slow"`` is the quick loop:
+    collection stops, naming them, when one does not."""
+    unmarked = []
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
-        if (
-            item.module.__name__ in SLOW_MODULES
-            or _runs_processes(getattr(item, "function", None))
-            or any(_runs_processes(d[-1].func) for d in defs if d)
-        ):
-            item.add_marker(pytest.mark.slow)
+        runs = _runs_processes(getattr(item, "function", None)) or any(_runs_processes(d[-1].func) for d in defs if d)
+        if runs and item.get_closest_marker("slow") is None:
+            unmarked.append(item.nodeid)
+    if unmarked:
+        raise pytest.UsageError("these tests run subprocesses but are not marked slow: " + ", ".join(unmarked))

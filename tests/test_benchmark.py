@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO, SAMPLE
+from conftest import REPO, SAMPLE, run_module
 from scripts.networks import R2AttUNet
 from tools.benchmark import training_gflop
 
+pytestmark = pytest.mark.slow  # the whole module runs the bundle in subprocesses
+
 
 def run_benchmark(*args: str) -> tuple[list[dict], dict]:
-    cmd = [sys.executable, "-m", "tools.benchmark", *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_module("tools.benchmark", *args, cwd=REPO, timeout=300)
     lines = proc.stdout.strip().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")], json.loads(lines[-1])
 
@@ -115,13 +114,7 @@ def test_modes_benchmark_rounds_and_release_row(tmp_path):
     args = ["--datalist", str(SAMPLE / "datalist.json"), "--key", "validation", "--limit", "2", "--repeats", "2"]
     args += ["--names", "['one network, whole images (default)']", "--release", "HEAD", "--out", str(tmp_path)]
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tools.benchmark", "modes", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        proc = run_module("tools.benchmark", "modes", *args, cwd=REPO, check=False)
     finally:  # the worktree is registered in the repository: remove it with its folder
         subprocess.run(["git", "worktree", "remove", "--force", str(tmp_path / "release_HEAD")], cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]

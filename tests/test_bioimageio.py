@@ -4,8 +4,6 @@ test`` offline for its three weight formats, whose outputs must reproduce the bu
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import tifffile
 import yaml
 
-from conftest import GET_DATA, REPO, SHARED_DATA
+from conftest import GET_DATA, REPO, SHARED_DATA, run_module
 
 pytest.importorskip("bioimageio.core", reason="needs the bioimageio extra: pip install -e '.[bioimageio]'")
 
@@ -73,13 +71,9 @@ def test_package_passes_bioimageio_test(preset, tmp_path):
     assert reproduced == {"pytorch_state_dict", "torchscript", "onnx"}
 
 
+@pytest.mark.slow
 def test_package_command_line_names_what_is_missing(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.package", "bioimageio", "--preset", "em2d", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_module("tools.package", "bioimageio", "--preset", "em2d", "--out", str(tmp_path), cwd=REPO, check=False)
     assert proc.returncode != 0 and "--image is needed for preset 'em2d'" in proc.stderr
     assert "scripts.download isbi2012" in proc.stderr
     with pytest.raises(InputError, match="unknown preset 'cells'.*em2d_mito"):

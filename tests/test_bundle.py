@@ -28,6 +28,7 @@ def test_check_properties(config, workflow_type, monkeypatch):
     assert workflow.check_properties() == []
 
 
+@pytest.mark.slow
 def test_verify_net_in_out():
     run_bundle(
         "verify_net_in_out",
@@ -101,6 +102,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_writes_best_model_ensemble_and_tensorboard(trained):
     models = trained / "models"
     assert (models / "model.pt").is_file()
@@ -113,6 +115,7 @@ def test_train_writes_best_model_ensemble_and_tensorboard(trained):
     assert list((trained / "runs").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_evaluate_best_and_ensemble(trained):
     eval_dir = trained / "eval"
     proc = run_bundle(
@@ -173,6 +176,7 @@ def _write_inputs(folder):
     return gray
 
 
+@pytest.mark.slow
 def test_inference_writes_masks_at_original_size(trained, tmp_path):
     gray = _write_inputs(tmp_path / "in")
     out = tmp_path / "out"
@@ -214,6 +218,7 @@ def test_inference_writes_masks_at_original_size(trained, tmp_path):
     assert f"4 input(s) segmented: 21 file(s) written to {out}; 0 refused" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_inference_keeps_orientation(tmp_path):
     """With an identity 'network', the mask is the image thresholded at its mean: any flip or transpose shows."""
     image = np.zeros((96, 160), np.uint8)
@@ -246,6 +251,7 @@ def test_inference_keeps_orientation(tmp_path):
     assert np.array_equal(seg, np.where(image > image.mean(), 255, 0))
 
 
+@pytest.mark.slow
 def test_report_scores_figure_and_curves(trained, tmp_path):
     from scripts.report import main as report
 

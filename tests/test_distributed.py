@@ -1,36 +1,19 @@
 """torchrun with PyTorch distributed on CPU (gloo): the Model Zoo multi-GPU configs on the shipped sample."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BUNDLE
+from conftest import BUNDLE, run_bundle
+
+pytestmark = pytest.mark.slow  # the whole module runs the bundle in subprocesses
 
 
 def torchrun(*args: str, nproc: int = 2) -> str:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "monai.bundle",
-        "run",
-        *args,
-    ]
-    proc = subprocess.run(
-        cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{out[-8000:]}")
-    return out
+    """``torchrun ... -m monai.bundle run <args>``: the output of its ``nproc`` processes."""
+    proc = run_bundle("run", *args, nproc=nproc)
+    return proc.stdout + proc.stderr
 
 
 def test_torchrun_train_and_evaluate(tmp_path: Path):

@@ -10,8 +10,6 @@ import hashlib
 import http.server
 import json
 import shutil
-import subprocess
-import sys
 import threading
 
 import nibabel as nib
@@ -22,7 +20,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from conftest import BUNDLE, GET_DATA, SHARED_DATA, run_bundle
+from conftest import BUNDLE, GET_DATA, SHARED_DATA, run_bundle, run_module
 from scripts.check import InputCheck, check_datalist
 from scripts.data import prepare_isbi2012, prepare_vnc
 from scripts.download import ISBI2012_FILES, download_isbi2012
@@ -207,6 +205,7 @@ def _identity_expectation(zyx: np.ndarray) -> np.ndarray:
     return np.where(zyx.astype(np.float32) > zyx.astype(np.float32).mean(), 255, 0).astype(np.uint8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,tta", [("em2d", "false"), ("em3d", "false"), ("em3d", "true")])
 def test_inference_keeps_shape_orientation_and_geometry(preset, tta, isbi_pages, tmp_path):
     """An identity network makes the output predictable: TIFF stacks come back as (Z, Y, X) TIFFs, PNGs as PNGs and
@@ -260,6 +259,7 @@ def test_inference_keeps_shape_orientation_and_geometry(preset, tta, isbi_pages,
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "one_seg.png")), _identity_expectation(zyx[0]))
 
 
+@pytest.mark.slow
 def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):
     """The 2D preset on 128x128 crops of 4 real ISBI slices (3 training, 1 validation), then its weights segment a
     TIFF stack slice by slice."""
@@ -327,6 +327,7 @@ def test_em2d_trains_an_epoch_and_segments_a_stack(isbi_pages, tmp_path):
     assert seg.shape == (2, 100, 120) and set(np.unique(seg)) <= {0, 255}
 
 
+@pytest.mark.slow
 def test_em3d_trains_an_epoch_and_segments_tiff_and_nifti(vnc_stack, tmp_path):
     """The 3D preset on a 64x64x6 crop of the real VNC stack (4 sections training, 2 validation), then its weights
     segment a TIFF stack and a NIfTI volume, keeping shape and affine."""
@@ -421,22 +422,17 @@ def _preset_network(*presets: str) -> torch.nn.Module:
     return parser.get_parsed_content("network_def")
 
 
+@pytest.mark.slow
 def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp_path):
     """``python -m scripts.inflate`` with the shipped 2D weights and the 3D preset as it is (the recipe of
     models/em3d): the output loads strictly into the preset's network, which segments sections like the 2D one."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.inflate",
-            "--weights",
-            "models/em2d_mito/model.pt",
-            "--output",
-            str(tmp_path / "init.pt"),
-        ],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "scripts.inflate",
+        "--weights",
+        "models/em2d_mito/model.pt",
+        "--output",
+        str(tmp_path / "init.pt"),
+        check=False,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -444,21 +440,15 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
     network = _preset_network("em3d")
     network.load_state_dict(torch.load(tmp_path / "init.pt", weights_only=True))
     assert network.kernel_size[0] == (3, 3, 1) and network.strides[0] == (2, 2, 1)
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.inflate",
-            "--weights",
-            "models/em2d/model.pt",
-            "--output",
-            str(tmp_path / "x.pt"),
-            "--network_def#channels",
-            "[8,16,32,64,128]",
-        ],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+    bad = run_module(
+        "scripts.inflate",
+        "--weights",
+        "models/em2d/model.pt",
+        "--output",
+        str(tmp_path / "x.pt"),
+        "--network_def#channels",
+        "[8,16,32,64,128]",
+        check=False,
         timeout=300,
     )
     assert bad.returncode != 0 and "models/em2d/model.pt" in bad.stderr and "same channels" in bad.stderr
@@ -474,6 +464,7 @@ def test_shipped_em_weights_load_into_their_presets(presets, weights):
     network.load_state_dict(state.get("model", state))  # strict: every key and shape
 
 
+@pytest.mark.slow
 def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path):
     """Slice 20 is in the validation split of the shipped em2d weights (never trained on); measured membrane Dice
     0.814 with the preset's test-time flips (docs/figures/em2d_examples.png)."""
@@ -496,6 +487,7 @@ def test_shipped_em2d_weights_segment_an_unseen_isbi_slice(isbi_pages, tmp_path)
     assert dice(pred, membrane) > 0.79, dice(pred, membrane)
 
 
+@pytest.mark.slow
 def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_path):
     """Section 12 is in the validation sections (10-15) of models/em2d_mito (trained on sections 0-9); with the
     preset's test-time flips the mitochondria IoU of the six validation sections pooled is 0.863 (docs, EM results),
@@ -519,6 +511,7 @@ def test_shipped_em2d_mito_weights_segment_an_unseen_vnc_section(vnc_stack, tmp_
     assert iou(pred, mito) > 0.8, iou(pred, mito)
 
 
+@pytest.mark.slow
 def test_shipped_em3d_weights_segment_unseen_vnc_sections(vnc_stack, tmp_path):
     """Sections 10-15 are the validation sections of models/em3d (trained on sections 0-9): a 384x384 crop of them as a
     TIFF stack, segmented in 3D with the preset's test-time flips: IoU 0.865 measured (the six whole sections pooled:
@@ -582,6 +575,7 @@ def test_report_tolerance_hand_computed():
     assert wider["errors within 1"] == 1 and wider["Dice forgiving 1"] == 1
 
 
+@pytest.mark.slow
 def test_report_tolerance_on_isbi_labels(isbi_pages, tmp_path):
     """`python -m scripts.report tolerance` on ISBI slices 20-24 with the labels as predictions: Dice 1, and the labels
     drawn 1 px narrower on each side score 0.8500 against themselves (docs, EM results), 1 px wider 0.887."""
@@ -594,24 +588,18 @@ def test_report_tolerance_on_isbi_labels(isbi_pages, tmp_path):
         Image.fromarray(membrane).save(tmp_path / "pred" / f"slice_{k}_seg.png")
         items.append({"image": str(tmp_path / f"slice_{k}.png"), "label": str(tmp_path / f"slice_{k}.png")})
     (tmp_path / "datalist.json").write_text(json.dumps({"validation": items}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.report",
-            "tolerance",
-            "--datalist",
-            str(tmp_path / "datalist.json"),
-            "--pred_dir",
-            str(tmp_path / "pred"),
-            "--pixels",
-            "1",
-            "--out",
-            str(tmp_path / "tolerance.json"),
-        ],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        "scripts.report",
+        "tolerance",
+        "--datalist",
+        str(tmp_path / "datalist.json"),
+        "--pred_dir",
+        str(tmp_path / "pred"),
+        "--pixels",
+        "1",
+        "--out",
+        str(tmp_path / "tolerance.json"),
+        check=False,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -623,6 +611,7 @@ def test_report_tolerance_on_isbi_labels(isbi_pages, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_stack_checks_name_what_is_wrong(tmp_path, caplog):
     """EM inputs: counts by file, stack sizes, one message per unreadable file, mask values, (Z, Y, X) NIfTI, the
     `python -m scripts.check ... --stacks true` commands, and 16-bit colour TIFFs read without wrapping."""
@@ -664,12 +653,7 @@ def test_stack_checks_name_what_is_wrong(tmp_path, caplog):
     (tmp_path / "ok").mkdir()
     shutil.copy(tmp_path / "vol.nii.gz", tmp_path / "ok" / "vol.nii.gz")
     for stacks, rc in (("false", 1), ("true", 0)):
-        proc = subprocess.run(
-            [sys.executable, "-m", "scripts.check", "images", "--folder", str(tmp_path / "ok"), "--stacks", stacks],
-            cwd=BUNDLE,
-            capture_output=True,
-            text=True,
-        )
+        proc = run_module("scripts.check", "images", "--folder", str(tmp_path / "ok"), "--stacks", stacks, check=False)
         assert proc.returncode == rc, proc.stdout + proc.stderr
     # 16-bit colour pages: luminance in float, not wrapped to 8 bits
     rgb16 = np.random.default_rng(1).integers(0, 16383, (2, 16, 16, 3)).astype(np.uint16)

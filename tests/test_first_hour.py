@@ -3,22 +3,19 @@ from two folders, the evaluation's labels and the closing line of an inference."
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BUNDLE, SAMPLE
+from conftest import BUNDLE, SAMPLE, run_bundle, run_module
 from scripts import InputError, MissingInputError
 from scripts.data import prepare_folders
 from scripts.options import _command_line, unknown_options
 
 
 def _bundle(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=BUNDLE, capture_output=True, text=True, timeout=300
-    )
+    return run_bundle("run", *args, check=False, timeout=300)
 
 
 def _last_lines(proc: subprocess.CompletedProcess, n: int = 2) -> list[str]:
@@ -86,10 +83,9 @@ def test_training_data_errors_are_the_last_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_options_are_listed_with_defaults():
-    text = subprocess.run(
-        [sys.executable, "-m", "scripts.options"], cwd=BUNDLE, capture_output=True, text=True, check=True
-    ).stdout
+    text = run_module("scripts.options").stdout
     assert "--dataset_dir" in text and "--ensemble" in text and "--num_epochs" in text
     line = next(line for line in text.splitlines() if line.strip().startswith("--objects"))
     assert "true" in line and "instance labels" in line

@@ -35,9 +35,12 @@ STUDIES = [
     "aa47f0b303b1d525b52452ae3a8553b2d61d719a28aee547e2ef1fc6730a078f",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not PYTHON.is_file(), reason=f"MONAI Label environment not built at {ENV}: run .ci/monailabel_env (CI does)"
-)
+pytestmark = [
+    pytest.mark.slow,  # the whole module runs the bundle and a server in subprocesses
+    pytest.mark.skipif(
+        not PYTHON.is_file(), reason=f"MONAI Label environment not built at {ENV}: run .ci/monailabel_env (CI does)"
+    ),
+]
 
 
 def _free_port() -> int:

@@ -7,14 +7,12 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BUNDLE, REPO, SAMPLE, run_bundle
+from conftest import BUNDLE, REPO, SAMPLE, run_bundle, run_module
 
 if not os.environ.get("DISPLAY"):
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -76,6 +74,7 @@ def test_manifest_and_sample_data(make_napari_viewer):
     assert np.array_equal(first.data, np.asarray(Image.open(SAMPLE / "images" / f"{IDS[0]}.png")))
 
 
+@pytest.mark.slow
 def test_widget_labels_equal_the_bundle_outputs(make_napari_viewer, qtbot, bundle_outputs):
     viewer = make_napari_viewer(show=False)
     widget = SegmentWidget(viewer)
@@ -119,13 +118,12 @@ def test_segment_stacks_with_an_em_preset():
     assert result.mask.shape == (2, 64, 64) and set(np.unique(result.mask)) <= {0, 1}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display: run under xvfb-run (.ci/run does)")
 def test_viewer_screenshot_with_the_widget(tmp_path):
     """The docs' screenshot command, in a shown viewer on the display: the widget's layers are drawn."""
     out = tmp_path / "napari.png"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.napari_screenshot", "--out", str(out)], cwd=REPO, capture_output=True, text=True
-    )
+    proc = run_module("tools.napari_screenshot", "--out", str(out), cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shot = np.asarray(Image.open(out))
     assert shot.shape[0] > 400 and shot.shape[1] > 600 and shot[..., :3].std() > 5

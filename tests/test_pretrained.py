@@ -13,6 +13,8 @@ from PIL import Image
 from conftest import BUNDLE, SAMPLE, run_bundle
 from scripts.metrics import dice, matching_ratios
 
+pytestmark = pytest.mark.slow  # the whole module runs the bundle in subprocesses
+
 
 def test_shipped_weights_match_network_def():
     parser = ConfigParser()

@@ -5,8 +5,6 @@ from the downloaded copy, and MLflow tracking with a local store."""
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -15,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata
 from PIL import Image
 
-from conftest import BUNDLE, REPO, SAMPLE, run_bundle
+from conftest import BUNDLE, REPO, SAMPLE, run_bundle, run_module
 from scripts.metrics import dice
 
 CONFIGS = BUNDLE / "configs"
@@ -153,6 +151,7 @@ def test_onnx_runtime_matches_the_eager_network(exported, eager, shape):
     assert np.abs(got - expected).max() <= 1e-3
 
 
+@pytest.mark.slow
 def test_inference_runs_from_torchscript(exported, tmp_path):
     """``inference_ts.json`` on top of ``inference.json`` needs only ``models/model.ts`` (no model.pt in its
     ckpt_dir); the network itself matches the eager one (tests above), so the mask is the best checkpoint's."""
@@ -190,19 +189,14 @@ def release(tmp_path_factory):
     from tools.package import BUNDLE_NAME
 
     out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.package", "archive", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("tools.package", "archive", "--out", str(out), cwd=REPO, check=False, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     archive = out / f"{BUNDLE_NAME}_v{_metadata()['version']}.zip"
     assert archive.is_file(), list(out.iterdir())
     return archive
 
 
+@pytest.mark.slow
 def test_archive_has_the_model_zoo_layout(release):
     from tools.package import BUNDLE_NAME, MAX_FILE_BYTES
 
@@ -256,6 +250,7 @@ def test_package_refuses_big_files_and_missing_changelog(tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_download_installs_the_archive_and_inference_runs_from_it(release, tmp_path):
     from tools.package import BUNDLE_NAME
 
@@ -265,25 +260,18 @@ def test_download_installs_the_archive_and_inference_runs_from_it(release, tmp_p
     for w in ["models/model.pt", *(f"models/ensemble/{p.name}" for p in (BUNDLE / "models" / "ensemble").glob("*.pt"))]:
         assert _md5(installed / w) == _md5(BUNDLE / w), w
     images = _one_image(tmp_path / "in")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--dataset_dir",
-            str(images),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--progress_bar",
-            "False",
-        ],
+    proc = run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(images),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--progress_bar",
+        "False",
         cwd=installed,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     pred = np.asarray(Image.open(tmp_path / "out" / f"{IMAGE}_seg.png")) > 0
@@ -295,6 +283,7 @@ def test_download_installs_the_archive_and_inference_runs_from_it(release, tmp_p
 # --- experiment tracking ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mlflow_tracking_with_a_local_store(tmp_path):
     """``--tracking mlflow`` (MONAI's built-in settings) logs the training loss and validation Dice to a local
     SQLite store under ``output_dir``."""

@@ -2,19 +2,19 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import BUNDLE, SAMPLE, run_bundle
+from conftest import BUNDLE, SAMPLE, run_bundle, run_module
 from scripts.check import InputCheck, check_datalist, check_dsb2018, validated
 from scripts.writers import AtomicPILWriter
+
+pytestmark = pytest.mark.slow  # the whole module runs the bundle in subprocesses
 
 SAMPLE_IDS = sorted(p.stem for p in (SAMPLE / "images").glob("*.png"))
 
@@ -86,7 +86,7 @@ def test_training_refuses_invalid_data_unless_told(tmp_path):
     earlier = tmp_path / "models" / "ensemble" / "model_key_metric=0.9.pt"  # an earlier training's ensemble
     earlier.parent.mkdir(parents=True)
     earlier.write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True)
+    proc = run_bundle(*args, check=False)
     assert proc.returncode != 0
     assert "truncated.png: unreadable or truncated image" in proc.stderr + proc.stdout
     assert "--skip_bad_samples true" in proc.stderr + proc.stdout
@@ -112,19 +112,9 @@ def test_check_commands(tmp_path, dsb2018_dir):
         (dsb2018_dir / sid / "images" / f"{sid}.png").read_bytes()
     )
     assert any("image folder with no masks" in str(p) for p in check_dsb2018(tmp_path / "src"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.check", "dsb2018", "--src", str(tmp_path / "src")],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_module("scripts.check", "dsb2018", "--src", str(tmp_path / "src"), check=False)
     assert proc.returncode == 1 and "image folder with no masks" in proc.stdout and sid in proc.stdout
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.check", "datalist", "--datalist", str(SAMPLE / "datalist.json")],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_module("scripts.check", "datalist", "--datalist", str(SAMPLE / "datalist.json"), check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -135,34 +125,27 @@ def test_inference_skips_bad_files_and_exits_nonzero(tmp_path):
     Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "in" / "tiny.tif")
     check = InputCheck([{"image": str(p)} for p in sorted((tmp_path / "in").iterdir())])
     assert [os.path.basename(it["image"]) for it in check.good] == ["good.png"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--network_def",
-            "$torch.nn.Identity()",
-            "--load_weights",
-            "false",
-            "--ensemble",
-            "false",
-            "--objects",
-            "false",  # the identity network has one output channel
-            "--save_overlay",
-            "false",
-            "--save_probabilities",
-            "false",  # lower-case flags are flags too
-            "--dataset_dir",
-            str(tmp_path / "in"),
-            "--output_dir",
-            str(tmp_path / "out"),
-        ],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+    proc = run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--network_def",
+        "$torch.nn.Identity()",
+        "--load_weights",
+        "false",
+        "--ensemble",
+        "false",
+        "--objects",
+        "false",  # the identity network has one output channel
+        "--save_overlay",
+        "false",
+        "--save_probabilities",
+        "false",  # lower-case flags are flags too
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        check=False,
     )
     assert proc.returncode != 0
     assert "broken.png: unreadable" in proc.stderr and "tiny.tif: image of size (3, 5)" in proc.stderr
@@ -209,22 +192,13 @@ def _train_args(root, epochs):
 
 def test_sigkill_then_resume_then_nan_stop(tmp_path):
     state_dir = tmp_path / "models" / "checkpoints"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monai.bundle", *_train_args(tmp_path, 4)],
-        cwd=BUNDLE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not list(state_dir.glob("checkpoint_*.pt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # stopped hard (as by SIGKILL) right after the first epoch's training state is on disk
+    proc = run_bundle(*_train_args(tmp_path, 4), check=False, stop_after=(1, "checkpoint_*.pt"))
+    assert proc.returncode == 137, proc.stderr[-3000:]
     done = sorted(state_dir.glob("checkpoint_*.pt"))
-    assert done and not list(state_dir.glob("*.tmp")) and not list(state_dir.glob(".*"))
-    killed_at = int(done[-1].stem.split("_")[-1])
-    assert killed_at < 4
+    assert [p.name for p in done] == ["checkpoint_1.pt"]
+    assert not list(state_dir.glob("*.tmp")) and not list(state_dir.glob(".*"))
+    killed_at = 1
 
     out = run_bundle(*_train_args(tmp_path, 4), "--resume", "True").stdout
     assert f"resuming training from {done[-1]}" in out
@@ -240,20 +214,13 @@ def test_sigkill_then_resume_then_nan_stop(tmp_path):
     assert len(list((tmp_path / "models" / "ensemble").glob("*.pt"))) == 3
 
     before = (state_dir / "checkpoint_4.pt").read_bytes()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            *_train_args(tmp_path, 5),
-            "--resume",
-            "True",
-            "--loss",
-            "$lambda pred, label: pred.mean() * float('nan')",
-        ],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+    proc = run_bundle(
+        *_train_args(tmp_path, 5),
+        "--resume",
+        "True",
+        "--loss",
+        "$lambda pred, label: pred.mean() * float('nan')",
+        check=False,
     )
     assert proc.returncode != 0
     assert "loss is nan at epoch 5, iteration 1 of 2" in proc.stdout + proc.stderr
@@ -309,24 +276,17 @@ def test_mismatched_weights_name_their_configuration(tmp_path):
         __import__("scripts.networks", fromlist=["R2AttUNet"]).R2AttUNet(2, 1, 1, channels=(8, 16, 32)).state_dict(),
         tmp_path / "model.pt",
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--ckpt_dir",
-            str(tmp_path),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--ensemble",
-            "False",
-        ],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+    proc = run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--ckpt_dir",
+        str(tmp_path),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ensemble",
+        "False",
+        check=False,
     )
     assert proc.returncode != 0
     assert "they belong to R2AttUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32]" in proc.stderr
@@ -391,24 +351,17 @@ def test_finetune_without_weights_names_the_option_and_keeps_the_ensemble(tmp_pa
     earlier = tmp_path / "new" / "ensemble" / "model_key_metric=0.9.pt"
     earlier.parent.mkdir(parents=True)
     earlier.write_text("x")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/train.json",
-            "--finetune",
-            "true",
-            "--ckpt_dir",
-            str(tmp_path / "new"),
-            "--output_dir",
-            str(tmp_path / "runs"),
-        ],
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
+    proc = run_bundle(
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--finetune",
+        "true",
+        "--ckpt_dir",
+        str(tmp_path / "new"),
+        "--output_dir",
+        str(tmp_path / "runs"),
+        check=False,
         timeout=300,
     )
     assert proc.returncode != 0
