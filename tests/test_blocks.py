@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
@@ -19,6 +20,49 @@ from scripts import InputError
 from scripts.blocks import BlockGrid, default_block_shape, open_array
 
 BLOCKS = "['configs/inference.json','configs/blocks.json']"
+
+
+def test_blocks_run_the_presets_own_preprocessing_with_whole_array_statistics():
+    """Each region goes through the preset's preprocessing (reading steps left out), its NormalizeIntensityd taking
+    the statistics of the whole array as the steps before it leave it: a block equals the whole image's pipeline
+    there. Whole-image statistics a block cannot know are refused."""
+    from monai.transforms import (
+        Compose,
+        CopyItemsd,
+        EnsureChannelFirstd,
+        EnsureTyped,
+        LoadImaged,
+        NormalizeIntensityd,
+        ScaleIntensityd,
+        ScaleIntensityRanged,
+    )
+
+    from scripts.blocks import BlockInference, block_preprocessing
+
+    image = np.random.default_rng(0).integers(0, 4000, (30, 40)).astype(np.uint16)  # file axes (Y, X)
+    scale = ScaleIntensityRanged("image", a_min=0, a_max=4095, b_min=0, b_max=1)
+    preset = [LoadImaged("image"), EnsureChannelFirstd("image"), CopyItemsd("image", names="image_raw")]
+    preset += [scale, NormalizeIntensityd("image"), EnsureTyped("image")]
+    assert [type(t) for t in block_preprocessing(Compose(preset))] == [
+        ScaleIntensityRanged,
+        NormalizeIntensityd,
+        EnsureTyped,
+    ]
+    whole = Compose([scale, NormalizeIntensityd("image")])(
+        {"image": torch.from_numpy(image.T.astype(np.float32))[None]}
+    )
+    blocks = BlockInference.__new__(BlockInference)
+    blocks.preprocessing = block_preprocessing(preset)
+    blocks.before_normalize = blocks.preprocessing[:1]
+    scaled = BlockInference._run(blocks.before_normalize, image).numpy().astype(np.float64)
+    run = {"mean": scaled.mean(), "std": scaled.std()}
+    part = blocks._preprocess(image[5:20, 10:35], run)  # a region: rows 5-19, columns 10-34
+    assert part.shape == (1, 25, 15)  # MONAI's axes (X, Y)
+    assert torch.allclose(part, torch.as_tensor(whole["image"])[:, 10:35, 5:20], atol=1e-5)
+    with pytest.raises(InputError, match="ScaleIntensityd: its statistics span the whole image"):
+        block_preprocessing([ScaleIntensityd("image")])
+    with pytest.raises(InputError, match="NormalizeIntensityd: its statistics span"):
+        block_preprocessing([NormalizeIntensityd("image", nonzero=True)])
 
 
 @pytest.fixture(scope="module")

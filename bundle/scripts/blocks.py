@@ -28,6 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
+from monai.transforms import (
+    Compose,
+    CopyItemsd,
+    EnsureChannelFirstd,
+    HistogramNormalized,
+    LoadImaged,
+    NormalizeIntensityd,
+    ScaleIntensityd,
+    ScaleIntensityRangePercentilesd,
+)
+from monai.utils import convert_to_tensor
 
 try:
     import zarr
@@ -44,6 +55,7 @@ from scripts.networks import load_weights
 from scripts.writers import objects_csv_text
 
 __all__ = [
+    "block_preprocessing",
     "open_array",
     "list_inputs",
     "window_geometry",
@@ -246,6 +258,40 @@ class BlockGrid:
         return tuple(out)
 
 
+# preprocessing steps that the block reader does itself (load the file, add the channel, keep the raw copy), and
+# intensity transforms whose statistics span the whole image, which a block cannot reproduce from its region
+_READING = (LoadImaged, EnsureChannelFirstd, CopyItemsd)
+_WHOLE_IMAGE = (ScaleIntensityd, ScaleIntensityRangePercentilesd, HistogramNormalized)
+
+
+def block_preprocessing(preprocessing: Compose | Sequence[Callable] | None) -> list[Callable]:
+    """The preset's own preprocessing (``@preprocessing`` of ``inference.json`` and the presets), as block-wise
+    inference runs it on each region (key ``"image"``, ``(1, *spatial)`` float32 in MONAI's axes): without the
+    transforms that load the file and copy the raw image (the block reader gives the region), every other transform
+    as declared; the ``NormalizeIntensityd`` (at most one) is given the whole array's mean and standard deviation,
+    measured on the array as the transforms before it leave it (:meth:`BlockInference._preprocess`). ``None``:
+    ``NormalizeIntensityd`` alone. Transforms whose statistics span the whole image (``ScaleIntensityd``,
+    percentiles, histogram, ``NormalizeIntensityd`` with ``nonzero`` or ``channel_wise``) are refused, naming the
+    transform, as blocks could not give what whole images give."""
+    if preprocessing is None:
+        return [NormalizeIntensityd(keys="image")]
+    transforms = list(preprocessing.transforms if isinstance(preprocessing, Compose) else preprocessing)
+    steps = []
+    for t in transforms:
+        if isinstance(t, _READING):
+            continue
+        normalize = getattr(t, "normalizer", None) if isinstance(t, NormalizeIntensityd) else None
+        if isinstance(t, _WHOLE_IMAGE) or (normalize is not None and (normalize.nonzero or normalize.channel_wise)):
+            raise InputError(
+                f"block-wise inference cannot run the preset's {type(t).__name__}: its statistics span the whole"
+                " image; use NormalizeIntensityd (whole-array mean and std) or a fixed-range transform."
+            )
+        steps.append(t)
+    if sum(isinstance(t, NormalizeIntensityd) for t in steps) > 1:
+        raise InputError("block-wise inference takes one NormalizeIntensityd in the preset's preprocessing, not more.")
+    return steps
+
+
 def _fingerprint(path: str, arr: zarr.Array, info: dict, options: dict) -> dict:
     return {
         "input": os.path.abspath(path),
@@ -289,6 +335,7 @@ class BlockInference:
         network: the preset's network; ``ckpt_path`` its weights.
         inferer: the preset's inferer (``scripts.inferers.with_flips(@inferer, @tta)``).
         instances: the preset's instance transform (``Instancesd``) or ``None``.
+        preprocessing: the preset's preprocessing, run on each region (:func:`block_preprocessing`).
         block_shape: block size in file axes (``None``: :func:`default_block_shape`), rounded up to whole chunks.
         allow_missing_chunks: read chunks absent from a zarr store as its fill value (default: an error naming the
             array and the block).
@@ -310,6 +357,7 @@ class BlockInference:
         allow_missing_chunks: bool = False,
         progress: bool = True,
         fold_batch_norm: bool | str = False,
+        preprocessing: Compose | Sequence[Callable] | None = None,
     ) -> None:
         self.dataset_dir, self.output_dir = dataset_dir, Path(output_dir)
         self.fold_batch_norm = as_bool(fold_batch_norm)
@@ -327,6 +375,9 @@ class BlockInference:
         self.allow_missing_chunks = bool(allow_missing_chunks)
         self.progress = bool(progress)
         self.rank, self.world = 0, 1
+        self.preprocessing = block_preprocessing(preprocessing)
+        normalize = [k for k, t in enumerate(self.preprocessing) if isinstance(t, NormalizeIntensityd)]
+        self.before_normalize = self.preprocessing[: normalize[0]] if normalize else self.preprocessing
 
     # ---- processes -------------------------------------------------------------------------------------------
     def _start_processes(self) -> None:
@@ -420,11 +471,14 @@ class BlockInference:
         """Mean and standard deviation of the whole array (as ``NormalizeIntensityd`` of the whole-volume path), one
         block at a time, each process reading its share of the blocks, the sums added over the processes. Integer
         inputs are summed exactly (int64), so every number of processes gives the same statistics."""
-        exact = np.issubdtype(arr.dtype, np.integer)
+        exact = np.issubdtype(arr.dtype, np.integer) and not self.before_normalize
         dtype = np.int64 if exact else np.float64
         sums = np.zeros(3, dtype)  # sum, sum of squares, count
         for i in range(self.rank, len(grid), self.world):
-            a = self._read_block(arr, info, grid, i, grid.block_slices(i)).astype(dtype)
+            a = self._read_block(arr, info, grid, i, grid.block_slices(i))
+            if self.before_normalize:  # the image as it reaches NormalizeIntensityd
+                a = self._run(self.before_normalize, a).numpy()
+            a = a.astype(dtype)
             sums += np.asarray([a.sum(), (a * a).sum(), a.size], dtype)
         if self.world > 1:
             import torch.distributed as dist
@@ -545,8 +599,7 @@ class BlockInference:
     ) -> None:
         region, block = grid.region(i), grid.block_slices(i)
         raw = self._read_block(arr, info, grid, i, region)
-        image = (raw.astype(np.float32) - run["mean"]) / (run["std"] if run["std"] > 0 else 1.0)
-        x = torch.from_numpy(reverse_axes(image, contiguous=True))[None, None].to(self.device)
+        x = self._preprocess(raw, run)[None].to(self.device)
         with torch.no_grad():
             logits = self.inferer(x, self.network)
         prob = torch.sigmoid(logits[0].float())
@@ -578,6 +631,39 @@ class BlockInference:
             sums = np.bincount(ids.ravel().astype(np.int64), weights=raw[in_block].astype(np.float64).ravel())
             record["intensity"] = {str(k): float(sums[k]) for k in np.flatnonzero(sums[1:]) + 1}
         write_json_atomic(record, done_dir / f"{i}.json", indent=1)
+
+    def _preprocess(self, raw: np.ndarray, run: dict) -> torch.Tensor:
+        """A region (file axes) through the preset's preprocessing (:func:`block_preprocessing`), normalised with the
+        whole array's statistics: ``(1, *spatial)`` in MONAI's axes, as the whole-image path gives the network."""
+        steps = [
+            (
+                NormalizeIntensityd(
+                    t.keys,
+                    subtrahend=run["mean"],
+                    divisor=run["std"] if run["std"] > 0 else 1.0,
+                    dtype=t.normalizer.dtype,
+                )
+                if isinstance(t, NormalizeIntensityd)
+                else t
+            )
+            for t in self.preprocessing
+        ]
+        return self._run(steps, raw)
+
+    @staticmethod
+    def _run(steps: Sequence[Callable], raw: np.ndarray) -> torch.Tensor:
+        """``raw`` (file axes) as a float32 ``(1, *spatial)`` image in MONAI's axes (key ``"image"``) through
+        ``steps``; an error when they change its shape."""
+        data: dict[str, Any] = {"image": torch.from_numpy(reverse_axes(raw.astype(np.float32), contiguous=True))[None]}
+        for t in steps:
+            data = t(data)
+        image = convert_to_tensor(data["image"], track_meta=False)
+        if tuple(image.shape[1:]) != raw.shape[::-1]:
+            raise InputError(
+                f"the preset's preprocessing changes a block's shape {raw.shape[::-1]} to {tuple(image.shape[1:])}:"
+                " block-wise inference needs transforms that keep the image's grid."
+            )
+        return image
 
     # ---- after all blocks -----------------------------------------------------------------------------------
     def _finish(self, path: str, info: dict, grid: BlockGrid, work: Path, stem: str, targets: dict) -> list[str]:
