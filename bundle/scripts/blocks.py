@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 from monai.transforms import (
+    Activationsd,
     Compose,
     CopyItemsd,
     EnsureChannelFirstd,
@@ -336,6 +337,8 @@ class BlockInference:
         inferer: the preset's inferer (``scripts.inferers.with_flips(@inferer, @tta)``).
         instances: the preset's instance transform (``Instancesd``) or ``None``.
         preprocessing: the preset's preprocessing, run on each region (:func:`block_preprocessing`).
+        postprocessing: the preset's postprocessing, whose ``Activationsd`` turns each region's logits into
+            probabilities (``None``: a sigmoid); its writers are not run (blocks write zarr / TIFF themselves).
         block_shape: block size in file axes (``None``: :func:`default_block_shape`), rounded up to whole chunks.
         allow_missing_chunks: read chunks absent from a zarr store as its fill value (default: an error naming the
             array and the block).
@@ -358,6 +361,7 @@ class BlockInference:
         progress: bool = True,
         fold_batch_norm: bool | str = False,
         preprocessing: Compose | Sequence[Callable] | None = None,
+        postprocessing: Compose | Sequence[Callable] | None = None,
     ) -> None:
         self.dataset_dir, self.output_dir = dataset_dir, Path(output_dir)
         self.fold_batch_norm = as_bool(fold_batch_norm)
@@ -378,6 +382,8 @@ class BlockInference:
         self.preprocessing = block_preprocessing(preprocessing)
         normalize = [k for k, t in enumerate(self.preprocessing) if isinstance(t, NormalizeIntensityd)]
         self.before_normalize = self.preprocessing[: normalize[0]] if normalize else self.preprocessing
+        steps = list(postprocessing.transforms if isinstance(postprocessing, Compose) else postprocessing or [])
+        self.activation = next((t for t in steps if isinstance(t, Activationsd)), Activationsd("pred", sigmoid=True))
 
     # ---- processes -------------------------------------------------------------------------------------------
     def _start_processes(self) -> None:
@@ -602,7 +608,7 @@ class BlockInference:
         x = self._preprocess(raw, run)[None].to(self.device)
         with torch.no_grad():
             logits = self.inferer(x, self.network)
-        prob = torch.sigmoid(logits[0].float())
+        prob = convert_to_tensor(self.activation({"pred": logits[0].float()})["pred"], track_meta=False)
         # the objects see ``context`` pixels of the halo around the block (an in-plane erosion needs them), then the
         # block is cut out, so that blocks give what the whole volume gives
         context = getattr(self.instances, "erode", 0)
