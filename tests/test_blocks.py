@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import BUNDLE, GET_DATA, SHARED_DATA, run_bundle
 from scripts import InputError
-from scripts.blocks import BlockGrid, default_block_shape, open_array
+from scripts.blocks import BlockGrid, default_block_shape
+from scripts.readers import open_array
 
 BLOCKS = "['configs/inference.json','configs/blocks.json']"
 

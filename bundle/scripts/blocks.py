@@ -8,7 +8,10 @@ the block grown to every sliding window of the whole-volume window grid that tou
 block's output is what whole-volume inference gives there: same windows, same Gaussian blending, per-window
 test-time flips; the only differences are float rounding in the blending sums (see ``docs/blocks.md``).
 
-Used by ``configs/blocks.json`` (merged after ``inference.json`` and a preset); :class:`BlockInference` does the work.
+Used by ``configs/blocks.json`` (merged after ``inference.json`` and a preset); :class:`BlockInference` does the work,
+with the preset's own preprocessing, activation and ``Instancesd`` on each region. Arrays are read by
+:mod:`scripts.readers` (``open_array``, ``read_region``), outputs created and converted by :mod:`scripts.writers`,
+objects cut by block borders joined with :class:`scripts.instances.UnionFind`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +44,28 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
-try:
-    import zarr
-    from zarr.core.sync import sync
-except ImportError as e:  # zarr 2 (Python 3.10) or none
-    raise ImportError("block-wise inference needs zarr 3 (Python 3.11 or later): pip install 'zarr>=3'") from e
-
 from scripts import InputError, as_bool
 from scripts.distributed import init_processes
-from scripts.files import atomic_path, reverse_axes, write_json_atomic, write_text_atomic
+from scripts.files import reverse_axes, write_json_atomic, write_text_atomic
 from scripts.inferers import WholeImageInferer
-from scripts.instances import object_table
+from scripts.instances import UnionFind, object_table
 from scripts.networks import load_weights
-from scripts.writers import objects_csv_text
+from scripts.readers import (
+    array_stem,
+    chunk_shape,
+    list_inputs,
+    missing_chunks,
+    open_array,
+    read_region,
+    require_zarr,
+    spatial_shape,
+)
+from scripts.writers import create_zarr_output, objects_csv_text, zarr_to_tiff
+
+zarr = require_zarr()  # block-wise inference needs zarr 3: an error saying how to get it, at import
 
 __all__ = [
     "block_preprocessing",
-    "open_array",
-    "list_inputs",
     "window_geometry",
     "BlockGrid",
     "default_block_shape",
@@ -66,120 +73,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ARRAY_SUFFIXES = (".zarr", ".tif", ".tiff")
-
-
-def _stem(path: str | os.PathLike) -> str:
-    name = Path(path).name
-    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def list_inputs(path: str | os.PathLike) -> list[str]:
-    """The arrays to segment: ``path`` itself when it is a ``.zarr`` folder or a TIFF file, else the ``.zarr``
-    folders and TIFF files inside it, sorted; an error naming ``path`` when there are none."""
-    p = Path(path)
-    if p.name.lower().endswith(ARRAY_SUFFIXES) and p.exists():
-        return [str(p)]
-    if not p.is_dir():
-        raise InputError(f"{p}: no such zarr array, TIFF file or folder.")
-    found = sorted(
-        str(c) for c in p.iterdir() if c.name.lower().endswith(ARRAY_SUFFIXES) and not c.name.startswith(".")
-    )
-    if not found:
-        raise InputError(f"{p}: no .zarr arrays or TIFF files to segment block-wise.")
-    return found
-
-
-def _ome(attrs: dict) -> dict | None:
-    """The OME-NGFF metadata of a group's attributes: ``attrs["ome"]`` (0.5) or the attributes themselves (0.4)."""
-    ome = attrs.get("ome", attrs)
-    return ome if isinstance(ome, dict) and "multiscales" in ome else None
-
-
-def open_array(path: str | os.PathLike) -> tuple[zarr.Array, dict]:
-    """Open ``path`` lazily: a zarr array, an OME-Zarr image (its first, full-resolution dataset) or a TIFF (through
-    tifffile's zarr store, pages decoded only when read). Returns the array and ``info``: ``kind`` (``"zarr"``,
-    ``"ome-zarr"`` or ``"tiff"``), ``ome`` (the OME metadata) and ``axes``. Errors name the file: not readable, not
-    an image, or axes other than ``(Z, Y, X)`` / ``(Y, X)`` (singleton channel or time axes of OME-Zarr are
-    accepted and dropped)."""
-    p = Path(path)
-    info: dict[str, Any] = {"path": str(p), "ome": None}
-    try:
-        if p.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = zarr.open(tifffile.imread(str(p), aszarr=True), mode="r")
-            info["kind"] = "tiff"
-        else:
-            node = zarr.open(str(p), mode="r")
-            if isinstance(node, zarr.Group):
-                ome = _ome(dict(node.attrs))
-                if ome is None:
-                    raise InputError(f"{p}: a zarr group without OME-Zarr 'multiscales' metadata; give the array.")
-                info["ome"], info["kind"], info["ome_nested"] = ome, "ome-zarr", "ome" in dict(node.attrs)
-                node = node[ome["multiscales"][0]["datasets"][0]["path"]]
-            else:
-                info["kind"] = "zarr"
-            arr = node
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"{p}: cannot be read as a zarr array or TIFF ({type(e).__name__}: {e}).") from e
-    if isinstance(arr, zarr.Group):
-        raise InputError(f"{p}: a zarr group where an image array was expected.")
-    axes = [a["name"] for a in info["ome"]["multiscales"][0]["axes"]] if info["ome"] else None
-    shape = tuple(arr.shape)
-    if axes is not None:
-        extra = [i for i, a in enumerate(axes) if a.lower() in ("c", "t")]
-        if any(shape[i] != 1 for i in extra):
-            raise InputError(f"{p}: axes {axes} with shape {shape}: only single-channel images can be segmented.")
-        info["drop"] = tuple(extra)
-        axes = [a for a in axes if a.lower() not in ("c", "t")]
-    ndim = len(shape) - len(info.get("drop", ()))
-    if ndim not in (2, 3):
-        raise InputError(f"{p}: shape {shape}: expected 2 axes (Y, X) or 3 axes (Z, Y, X), got {len(shape)}.")
-    info["axes"] = axes or (["y", "x"] if ndim == 2 else ["z", "y", "x"])
-    info["zarr_format"] = getattr(arr.metadata, "zarr_format", 3) if info["kind"] != "tiff" else 3
-    return arr, info
-
-
-def _read(arr: zarr.Array, info: dict, region: tuple[slice, ...]) -> np.ndarray:
-    """``arr[region]`` (file axes without the dropped singleton axes)."""
-    index: list[Any] = list(region)
-    for i in info.get("drop", ()):
-        index.insert(i, 0)
-    return np.asarray(arr[tuple(index)])
-
-
-def _chunks(arr: zarr.Array, info: dict) -> tuple[int, ...]:
-    drop = info.get("drop", ())
-    return tuple(int(c) for i, c in enumerate(arr.chunks) if i not in drop)
-
-
-def _spatial_shape(arr: zarr.Array, info: dict) -> tuple[int, ...]:
-    drop = info.get("drop", ())
-    return tuple(int(s) for i, s in enumerate(arr.shape) if i not in drop)
-
-
-def missing_chunks(arr: zarr.Array, info: dict, region: tuple[slice, ...]) -> list[tuple[int, ...]]:
-    """Chunk coordinates (full array axes) under ``region`` that the zarr store lacks (empty for TIFF inputs)."""
-    if info["kind"] == "tiff":
-        return []
-    chunks, index = list(arr.chunks), list(region)
-    for i in info.get("drop", ()):
-        index.insert(i, slice(0, 1))
-    ranges = [range(s.start // c, math.ceil(s.stop / c)) for s, c in zip(index, chunks, strict=True)]
-    lacking = []
-    prefix = f"{arr.path}/" if arr.path else ""
-    for coords in np.ndindex(*[len(r) for r in ranges]):
-        c = tuple(r[i] for r, i in zip(ranges, coords, strict=True))
-        if not sync(arr.store.exists(prefix + arr.metadata.encode_chunk_key(c))):
-            lacking.append(c)
-    return lacking
 
 
 def window_geometry(inferer: Any, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -296,30 +189,10 @@ def block_preprocessing(preprocessing: Compose | Sequence[Callable] | None) -> l
 def _fingerprint(path: str, arr: zarr.Array, info: dict, options: dict) -> dict:
     return {
         "input": os.path.abspath(path),
-        "shape": list(_spatial_shape(arr, info)),
+        "shape": list(spatial_shape(arr, info)),
         "dtype": str(arr.dtype),
         "options": options,
     }
-
-
-class _Union:
-    """Union-find over object ids (joins objects that a block border cut)."""
-
-    def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
-
-    def find(self, a: int) -> int:
-        root = a
-        while self.parent.get(root, root) != root:
-            root = self.parent[root]
-        while self.parent.get(a, a) != root:
-            self.parent[a], a = root, self.parent[a]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 class BlockInference:
@@ -431,11 +304,11 @@ class BlockInference:
             if previous.get("fingerprint") != fingerprint:
                 raise InputError(
                     f"{work}: holds a block-wise run of {previous.get('fingerprint', {}).get('input')} with other"
-                    f" options or input; remove it (and the outputs of {_stem(path)}) or choose another output_dir."
+                    f" options or input; remove it (and the outputs of {array_stem(path)}) or choose another output_dir."
                 )
             return fingerprint
         for name in ("seg", "prob", "instances"):
-            out = self.output_dir / f"{_stem(path)}_{name}.{'tif' if info['kind'] == 'tiff' else 'zarr'}"
+            out = self.output_dir / f"{array_stem(path)}_{name}.{'tif' if info['kind'] == 'tiff' else 'zarr'}"
             if out.exists():
                 raise InputError(f"{out}: exists from another run; remove it or choose another output_dir.")
         return fingerprint
@@ -444,11 +317,11 @@ class BlockInference:
         self, arr: zarr.Array, info: dict, grid: BlockGrid, work: Path, fingerprint: dict, stats: tuple[float, float]
     ) -> None:
         """Rank 0, for a new run: empty outputs, then the run record (fingerprint, intensity statistics)."""
-        stem = _stem(info["path"])
+        stem = array_stem(info["path"])
         work.mkdir(parents=True, exist_ok=True)
         mean, std = stats
-        chunks = _chunks(arr, info) if info["kind"] != "tiff" else tuple(grid.block)
-        shape = _spatial_shape(arr, info)
+        chunks = chunk_shape(arr, info) if info["kind"] != "tiff" else tuple(grid.block)
+        shape = spatial_shape(arr, info)
         self._create(work, stem, info, shape, chunks)
         run = {"fingerprint": fingerprint, "mean": mean, "std": std, "chunks": list(chunks)}
         write_json_atomic(run, work / "run.json", indent=1)
@@ -466,7 +339,7 @@ class BlockInference:
                     f" array, needed by block {i} {_fmt(block)}; restore them or pass --allow_missing_chunks true."
                 )
         try:
-            return _read(arr, info, region)
+            return read_region(arr, info, region)
         except Exception as e:
             raise InputError(
                 f"{info['path']}: block {i} {_fmt(block)} cannot be read (its region {_fmt(region)}:"
@@ -508,34 +381,9 @@ class BlockInference:
         return targets
 
     def _create(self, work: Path, stem: str, info: dict, shape: tuple, chunks: tuple) -> None:
-        dtypes = {"seg": "uint8", "prob": "float16", "instances": "uint32", "ids": "uint64"}
         for name, target in self._targets(work, stem, info).items():
-            if name == "ids" and self.instances is None:
-                continue
-            if info["kind"] == "ome-zarr" and name != "ids":
-                group = zarr.open_group(str(target), mode="w", zarr_format=info["zarr_format"])
-                ms = json.loads(json.dumps(info["ome"]["multiscales"][0]))
-                dataset = dict(ms["datasets"][0], path="0")
-                keep = [i for i, a in enumerate(ms["axes"]) if a["name"].lower() not in ("c", "t")]
-                ms["axes"] = [ms["axes"][i] for i in keep]
-                for t in dataset.get("coordinateTransformations", []):
-                    for key in ("scale", "translation"):
-                        if key in t:
-                            t[key] = [t[key][i] for i in keep]
-                ms.update({"datasets": [dataset], "name": f"{stem}_{name}"})
-                ms.pop("coordinateTransformations", None)
-                attrs = {"multiscales": [ms]}
-                group.attrs.update({"ome": dict(info["ome"], **attrs)} if info["ome_nested"] else attrs)
-                group.create_array("0", shape=shape, chunks=chunks, dtype=dtypes[name], fill_value=0)
-            else:
-                zarr.create_array(
-                    str(target),
-                    shape=shape,
-                    chunks=chunks,
-                    dtype=dtypes[name],
-                    fill_value=0,
-                    zarr_format=info["zarr_format"],
-                )
+            if name != "ids" or self.instances is not None:
+                create_zarr_output(target, name, info, shape, chunks)
 
     def _open_targets(self, work: Path, stem: str, info: dict) -> dict[str, zarr.Array]:
         out = {}
@@ -549,15 +397,15 @@ class BlockInference:
     def segment(self, path: str) -> list[str]:
         """Segment one array; returns the output paths (rank 0) or ``[]``."""
         arr, info = open_array(path)
-        shape = _spatial_shape(arr, info)
+        shape = spatial_shape(arr, info)
         window, stride = window_geometry(self.inferer, len(shape))
-        chunks = _chunks(arr, info)
+        chunks = chunk_shape(arr, info)
         block = self.block_shape or default_block_shape(shape, chunks, window)
         if len(block) != len(shape):
             raise InputError(f"{path}: block_shape {block} does not fit its {len(shape)} axes {tuple(shape)}.")
         block = tuple(min(n, math.ceil(b / c) * c) for b, c, n in zip(block, chunks, shape, strict=True))
         grid = BlockGrid(shape, block, window, stride)
-        stem, work = _stem(path), self._work_dir(_stem(path))
+        stem, work = array_stem(path), self._work_dir(array_stem(path))
         fingerprint = self._check_previous(path, arr, info, grid, work)
         new_run = not (work / "run.json").is_file()
         self._barrier()  # every process has looked before rank 0 writes the record
@@ -682,7 +530,7 @@ class BlockInference:
             if info["kind"] == "tiff":
                 tif = self.output_dir / f"{stem}_{name}.tif"
                 if not tif.exists():
-                    _zarr_to_tiff(targets[name], tif)
+                    zarr_to_tiff(targets[name], tif)
                 outputs.append(str(tif))
             else:
                 outputs.append(str(zpath))
@@ -700,7 +548,7 @@ class BlockInference:
         drop objects under ``min_size`` (from the mask and probabilities too, as ``Instancesd`` does), number the
         rest ``1..N`` over the volume into ``<stem>_instances`` and write ``<stem>_objects.csv``."""
         ids = targets["ids"]
-        union = _Union()
+        union = UnionFind()
         section_wise = getattr(self.instances, "method", "") == "neurons" and len(grid.shape) == 3
         axes = range(1, len(grid.shape)) if section_wise else range(len(grid.shape))
         sizes: dict[int, int] = {}
@@ -806,19 +654,3 @@ def _write_objects_csv(stats: dict[int, list], intensity: dict[int, float], path
         area, 1
     )
     write_text_atomic(objects_csv_text(table, ndim), path)
-
-
-def _zarr_to_tiff(array: zarr.Array, path: Path) -> None:
-    """Write ``array`` (``(Z, Y, X)`` or ``(Y, X)``) as a TIFF, one page at a time, atomically."""
-    import tifffile
-
-    pages = array.shape[0] if array.ndim == 3 else 1
-
-    def page_iter() -> Iterator[np.ndarray]:
-        for z in range(pages):
-            yield np.asarray(array[z] if array.ndim == 3 else array[:])
-
-    shape = tuple(array.shape) if array.ndim == 3 else (1, *array.shape)
-    imagej = np.dtype(array.dtype) in (np.uint8, np.uint16)
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(str(tmp), page_iter(), shape=shape, dtype=array.dtype, imagej=imagej)

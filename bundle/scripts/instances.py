@@ -28,6 +28,7 @@ __all__ = [
     "join_boundaries",
     "object_table",
     "outline_objects",
+    "UnionFind",
     "OBJECT_COLUMNS",
 ]
 
@@ -356,3 +357,23 @@ def outline_objects(image: np.ndarray, instances: np.ndarray) -> np.ndarray:
     ids = np.asarray(instances).astype(np.int64)
     outlines = np.where(find_boundaries(ids, mode="inner"), ids, 0)
     return np.where((outlines > 0)[..., None], label2rgb(outlines, bg_label=0), gray[..., None])
+
+
+class UnionFind:
+    """Union-find over object ids: joins the pieces of objects that block borders cut (:mod:`scripts.blocks`)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, a: int) -> int:
+        root = a
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(a, a) != root:
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)

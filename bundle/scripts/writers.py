@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +25,10 @@ from PIL import Image
 from scripts import as_bool
 from scripts.files import atomic_path, reverse_axes, write_text_atomic
 from scripts.instances import object_table
+from scripts.readers import array_stem
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = [
     "AtomicPILWriter",
@@ -30,6 +36,8 @@ __all__ = [
     "image_writer",
     "SaveObjectsd",
     "objects_csv_text",
+    "create_zarr_output",
+    "zarr_to_tiff",
 ]
 
 logger = logging.getLogger(__name__)
@@ -295,3 +303,50 @@ def _rounded(column: str, x: object) -> float | int:
     if not isinstance(x, (float, np.floating)):
         return int(x)  # type: ignore[call-overload]
     return float(f"{float(x):.6g}") if column == "volume" else round(float(x), 3)
+
+
+# ---- block-wise outputs (scripts.blocks): zarr / OME-Zarr arrays written block by block, TIFF page by page ---------
+
+OUTPUT_DTYPES = {"seg": "uint8", "prob": "float16", "instances": "uint32", "ids": "uint64"}
+
+
+def create_zarr_output(target: Path, name: str, info: dict, shape: tuple, chunks: tuple) -> None:
+    """An empty output array ``<stem>_<name>`` of ``shape`` and ``chunks`` (file axes) at ``target``, for an input
+    described by ``info`` (:func:`scripts.readers.open_array`): an OME-Zarr image with the input's axes (channel and
+    time dropped) and scale when the input was OME-Zarr, else a plain zarr array of the input's zarr format."""
+    import zarr
+
+    dtype = OUTPUT_DTYPES[name]
+    if info["kind"] == "ome-zarr" and name != "ids":
+        group = zarr.open_group(str(target), mode="w", zarr_format=info["zarr_format"])
+        ms = json.loads(json.dumps(info["ome"]["multiscales"][0]))
+        dataset = dict(ms["datasets"][0], path="0")
+        keep = [i for i, a in enumerate(ms["axes"]) if a["name"].lower() not in ("c", "t")]
+        ms["axes"] = [ms["axes"][i] for i in keep]
+        for t in dataset.get("coordinateTransformations", []):
+            for key in ("scale", "translation"):
+                if key in t:
+                    t[key] = [t[key][i] for i in keep]
+        ms.update({"datasets": [dataset], "name": f"{array_stem(info['path'])}_{name}"})
+        ms.pop("coordinateTransformations", None)
+        attrs = {"multiscales": [ms]}
+        group.attrs.update({"ome": dict(info["ome"], **attrs)} if info["ome_nested"] else attrs)
+        group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    else:
+        zarr.create_array(
+            str(target), shape=shape, chunks=chunks, dtype=dtype, fill_value=0, zarr_format=info["zarr_format"]
+        )
+
+
+def zarr_to_tiff(array: zarr.Array, path: Path) -> None:
+    """Write ``array`` (``(Z, Y, X)`` or ``(Y, X)``) as a TIFF, one page at a time, atomically."""
+    pages = array.shape[0] if array.ndim == 3 else 1
+
+    def page_iter() -> Iterator[np.ndarray]:
+        for z in range(pages):
+            yield np.asarray(array[z] if array.ndim == 3 else array[:])
+
+    shape = tuple(array.shape) if array.ndim == 3 else (1, *array.shape)
+    imagej = np.dtype(array.dtype) in (np.uint8, np.uint16)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(str(tmp), page_iter(), shape=shape, dtype=array.dtype, imagej=imagej)
