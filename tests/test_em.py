@@ -432,10 +432,8 @@ def test_inflate_command_turns_the_2d_mitochondria_weights_into_em3d_weights(tmp
         "models/em2d_mito/model.pt",
         "--output",
         str(tmp_path / "init.pt"),
-        check=False,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "largest logit difference to the 2D network" in proc.stderr
     network = _preset_network("em3d")
     network.load_state_dict(torch.load(tmp_path / "init.pt", weights_only=True))
@@ -599,10 +597,8 @@ def test_report_tolerance_on_isbi_labels(isbi_pages, tmp_path):
         "1",
         "--out",
         str(tmp_path / "tolerance.json"),
-        check=False,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
     assert "| pooled Dice | errors within 1 |" in proc.stdout
     s = json.loads((tmp_path / "tolerance.json").read_text())["scores"]
     assert s["pooled Dice"] == 1 and s["Dice forgiving 1"] == 1 and s["surface Dice 1"] == pytest.approx(1)

@@ -149,13 +149,6 @@ def require_zarr():
     return zarr
 
 
-def _zarr_sync():
-    require_zarr()
-    from zarr.core.sync import sync
-
-    return sync
-
-
 ARRAY_SUFFIXES = (".zarr", ".tif", ".tiff")
 
 
@@ -263,8 +256,11 @@ def missing_chunks(arr: zarr.Array, info: dict, region: tuple[slice, ...]) -> li
     ranges = [range(s.start // c, math.ceil(s.stop / c)) for s, c in zip(index, chunks, strict=True)]
     lacking = []
     prefix = f"{arr.path}/" if arr.path else ""
+    require_zarr()
+    from zarr.core.sync import sync
+
     for coords in np.ndindex(*[len(r) for r in ranges]):
         c = tuple(r[i] for r, i in zip(ranges, coords, strict=True))
-        if not _zarr_sync()(arr.store.exists(prefix + arr.metadata.encode_chunk_key(c))):
+        if not sync(arr.store.exists(prefix + arr.metadata.encode_chunk_key(c))):
             lacking.append(c)
     return lacking
