@@ -128,6 +128,23 @@ def test_instances_from_probabilities_split_touching_objects():
     assert instances_from_probabilities(np.zeros((5, 5)), np.zeros((5, 5))).max() == 0
 
 
+@pytest.mark.parametrize("seeds", ["centre", "both"])
+def test_min_size_equals_dropping_small_objects_afterwards(seeds):
+    """Regions under ``min_size`` are left out of the seeding (fast on the specks of an untrained network): the
+    result is the unfiltered instances with the small objects dropped afterwards, renumbered, exactly."""
+    rng = np.random.default_rng(0)
+    noise = ndimage.gaussian_filter(rng.random((96, 96)), 1.5)  # blobs of every size, many of a few pixels
+    mask = (noise - noise.min()) / np.ptp(noise)
+    centre = ndimage.gaussian_filter(rng.random((96, 96)), 2.0)
+    everything = instances_from_probabilities(mask, centre, threshold=0.55, seeds=seeds, h=0.01)
+    sizes = np.bincount(everything.ravel())
+    assert (sizes[1:] < 20).sum() > 5 and (sizes[1:] >= 20).sum() > 1  # specks and objects both present
+    kept = np.where(sizes[everything] >= 20, everything, 0)
+    expected = np.unique(kept, return_inverse=True)[1].reshape(kept.shape)  # renumbered 1..N in id order
+    filtered = instances_from_probabilities(mask, centre, threshold=0.55, seeds=seeds, h=0.01, min_size=20)
+    assert np.array_equal(filtered, expected)
+
+
 def _window_ids(ids: np.ndarray, y: int, x: int, w: int) -> set:
     box = ids[max(0, y - w) : y + w + 1, max(0, x - w) : x + w + 1]
     return set(np.unique(box)) - {0}
