@@ -28,6 +28,22 @@ for path in (BUNDLE, REPO):  # the bundle's scripts package; the repository's to
         sys.path.insert(0, str(path))
 
 
+def _threads_per_worker() -> int:
+    """CPU threads for each pytest-xdist worker and the processes it starts: the cores shared out among the workers.
+    On two cores, two concurrent trainings at PyTorch's default (a thread per core, so four threads) took 2.1x as long
+    as at one thread each (README, Tests)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    # inherited by every process a test starts; this worker's own in-process tests follow it too
+    os.environ["OMP_NUM_THREADS"] = str(_threads_per_worker())
+    import torch
+
+    torch.set_num_threads(_threads_per_worker())
+
+
 def run_module(
     module: str,
     *args: str,
