@@ -271,6 +271,8 @@ def test_report_scores_figure_and_curves(trained, tmp_path):
     result = __import__("json").loads((tmp_path / "report" / "report.json").read_text())
     assert result["scores"]["all"]["images"] == 4 and 0 <= result["scores"]["all"]["pooled Dice"] <= 1
     assert result["training"]["epochs"] == 2
+    errors = result["errors at IoU 0.5"]["all"]  # every true nucleus matched or given one reason
+    assert errors["tp"] + sum(errors[k] for k in ("merged", "split", "missed", "loose")) == errors["true"] > 0
     assert (tmp_path / "report" / "examples.png").stat().st_size > 0
     assert (tmp_path / "report" / "training_curves.png").stat().st_size > 0
 

@@ -7,6 +7,7 @@ from scripts.inferers import (
     FlipInferer,
     WholeImageInferer,
     autocast_dtype,
+    cpu_kind,
     cpu_supports_bf16,
     memory_format,
     with_flips,
@@ -21,6 +22,18 @@ def test_autocast_dtype_choice():
     assert autocast_dtype("cpu", "auto") is (torch.bfloat16 if cpu_supports_bf16() else None)
     with pytest.raises(ValueError):
         autocast_dtype("cpu", "int8")
+
+
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, kind",
+    [(True, True, "CPU with AMX"), (False, True, "CPU with AVX512-BF16"), (False, False, "CPU without bf16")],
+)
+def test_cpu_kind_names_the_three_measured_kinds(monkeypatch, amx, avx512_bf16, kind):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert cpu_kind() == kind
+    assert cpu_supports_bf16() == (kind != "CPU without bf16")
+    assert autocast_dtype("cpu", "auto") is (None if kind == "CPU without bf16" else torch.bfloat16)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

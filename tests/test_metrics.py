@@ -4,7 +4,7 @@ are also tested against the challenges' definitions in test_instances.py and tes
 import numpy as np
 import pytest
 
-from scripts.metrics import dice, dsb_score, iou, matching_ratios, object_counts, object_f1
+from scripts.metrics import dice, dsb_score, iou, matching_ratios, object_counts, object_errors, object_f1
 
 
 def test_dice_and_iou_of_masks_hand_computed():
@@ -18,6 +18,36 @@ def test_dice_and_iou_of_masks_hand_computed():
     assert dice(pred, empty) == 0.0
     with pytest.raises(ValueError, match="differs from label shape"):
         dice(pred, label[:3])
+
+
+def test_object_errors_name_each_unmatched_nucleus_once():
+    true = np.zeros((20, 30), np.int32)
+    true[0:4, 0:4], true[0:4, 5:9] = 1, 2  # two touching nuclei ...
+    true[8:12, 0:8] = 3  # ... one cut in two ...
+    true[15:19, 0:4] = 4  # ... one missed ...
+    true[15:19, 10:14] = 5  # ... one outlined too loosely
+    true[0:4, 20:24] = 6  # ... one matched
+    pred = np.zeros_like(true)
+    pred[0:4, 0:9] = 1  # one object over nuclei 1 and 2
+    pred[8:12, 0:4], pred[8:12, 4:8] = 2, 3  # nucleus 3 in two halves
+    pred[15:17, 0:1] = 4  # a sliver of nucleus 4
+    pred[14:20, 9:16] = 5  # 16 of 42 pixels on nucleus 5: IoU 0.38
+    pred[0:4, 20:24] = 6
+    pred[18:20, 25:28] = 7  # on the background
+    counts = object_errors(pred, true)
+    assert counts == {
+        "true": 6,
+        "pred": 7,
+        "tp": 1,
+        "merged": 2,
+        "split": 1,
+        "missed": 1,
+        "loose": 1,
+        "fp": 6,
+        "fp_background": 2,  # 7, and 5 (26 of its 42 pixels on the background)
+    }
+    assert counts["tp"] == object_counts(pred, true)[0]
+    assert counts["merged"] + counts["split"] + counts["missed"] + counts["loose"] == counts["true"] - counts["tp"]
 
 
 def test_object_counts_and_f1_hand_computed():

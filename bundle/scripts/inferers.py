@@ -23,6 +23,7 @@ from scripts import as_bool
 
 __all__ = [
     "PRECISIONS",
+    "cpu_kind",
     "cpu_supports_bf16",
     "autocast_dtype",
     "memory_format",
@@ -35,6 +36,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_kind() -> str:
+    """The CPU kinds the defaults were measured on: ``"CPU with AMX"``, ``"CPU with AVX512-BF16"`` (both native
+    bf16) or ``"CPU without bf16"`` (e.g. AVX2 only)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "CPU with AMX"
+    return "CPU with AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "CPU without bf16"
 
 
 def cpu_supports_bf16() -> bool:
@@ -79,11 +88,7 @@ def memory_format(
     choice = (device.type, precision, str(dtype), str(fmt), training)
     if choice not in _LOGGED:
         _LOGGED.add(choice)
-        cpu = (
-            ""
-            if device.type != "cpu"
-            else (" (CPU with native bf16)" if cpu_supports_bf16() else " (CPU without bf16)")
-        )
+        cpu = "" if device.type != "cpu" else f" ({cpu_kind()})"
         logger.info(
             f"device {device}{cpu}, {'training' if training else 'inference'}: precision {precision} -> "
             f"{'fp32' if dtype is None else str(dtype).split('.')[-1]}, memory format {str(fmt).split('.')[-1]}"

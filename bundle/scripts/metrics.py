@@ -25,6 +25,7 @@ __all__ = [
     "dsb_score",
     "object_counts",
     "object_f1",
+    "object_errors",
     "boundary_regions",
     "region_pairs",
     "rand_info_from_pairs",
@@ -37,18 +38,23 @@ __all__ = [
 DSB_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
-def iou_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """``(n_true, n_pred)`` intersection over union of every pair of objects of two instance label images of the same
-    shape (ids renumbered ``1..N`` first)."""
+def _overlaps(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n_true, n_pred)`` pixel counts of every pair's intersection and the areas of the true and the predicted
+    objects, of two instance label images of the same shape (ids renumbered ``1..N`` first)."""
     pred, true = as_instances(pred), as_instances(true)
     n_pred, n_true = int(pred.max()), int(true.max())
     joint = np.bincount(
         true.ravel().astype(np.int64) * (n_pred + 1) + pred.ravel(), minlength=(n_true + 1) * (n_pred + 1)
     )
     joint = joint.reshape(n_true + 1, n_pred + 1)
-    area_true, area_pred = joint.sum(axis=1), joint.sum(axis=0)
-    inter = joint[1:, 1:].astype(np.float64)
-    union = area_true[1:, None] + area_pred[None, 1:] - inter
+    return joint[1:, 1:].astype(np.float64), joint.sum(axis=1)[1:], joint.sum(axis=0)[1:]
+
+
+def iou_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``(n_true, n_pred)`` intersection over union of every pair of objects of two instance label images of the same
+    shape (ids renumbered ``1..N`` first)."""
+    inter, area_true, area_pred = _overlaps(pred, true)
+    union = area_true[:, None] + area_pred[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -96,6 +102,37 @@ def object_f1(counts: np.ndarray, prefix: str = "") -> dict[str, float]:
         f"{prefix}object precision": tp / max(tp + fp, 1),
         f"{prefix}object recall": tp / max(tp + fn, 1),
         f"{prefix}object F1": 2 * tp / max(2 * tp + fp + fn, 1),
+    }
+
+
+def object_errors(pred: np.ndarray, true: np.ndarray, iou: float = 0.5) -> dict[str, int]:
+    """Why objects fail to match one to one at IoU above ``iou`` (>= 0.5), for two instance label images of the same
+    shape: counts ``true``, ``pred``, ``tp`` (matched pairs); each unmatched true object once, in this order, as
+    ``merged`` (a prediction covers at least half of it and half of another true object), ``split`` (two or more
+    predictions lie mostly inside it), ``missed`` (predictions cover less than half of it) or ``loose`` (the rest: one
+    prediction, outlined too loosely or too tightly); ``fp`` unmatched predictions, of which ``fp_background`` lie
+    mostly outside every true object. Sum the counts over images to pool them."""
+    inter, area_true, area_pred = _overlaps(pred, true)
+    n_true, n_pred = inter.shape
+    union = area_true[:, None] + area_pred[None, :] - inter
+    matched = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0) > iou  # (n_true, n_pred)
+    covers = inter >= 0.5 * np.maximum(area_true[:, None], 1)  # prediction p covers half of true object t
+    inside = inter > 0.5 * np.maximum(area_pred[None, :], 1)  # prediction p lies mostly inside t
+    unmatched = ~matched.any(axis=1)
+    merged = unmatched & (covers & (covers.sum(axis=0, keepdims=True) >= 2)).any(axis=1)
+    split = unmatched & ~merged & (inside.sum(axis=1) >= 2)
+    missed = unmatched & ~merged & ~split & (inter.sum(axis=1) < 0.5 * area_true)
+    fp = ~matched.any(axis=0)
+    return {
+        "true": n_true,
+        "pred": n_pred,
+        "tp": int(matched.sum()),
+        "merged": int(merged.sum()),
+        "split": int(split.sum()),
+        "missed": int(missed.sum()),
+        "loose": int((unmatched & ~merged & ~split & ~missed).sum()),
+        "fp": int(fp.sum()),
+        "fp_background": int((fp & (inter.sum(axis=0) <= 0.5 * area_pred)).sum()),
     }
 
 

@@ -49,6 +49,7 @@ from scripts.metrics import (
     iou,
     matching_ratios,
     object_counts,
+    object_errors,
     object_f1,
     pooled_rand_info,
     region_pairs,
@@ -56,6 +57,7 @@ from scripts.metrics import (
 
 __all__ = [
     "score_predictions",
+    "error_counts",
     "plot_examples",
     "plot_training_curves",
     "main",
@@ -93,19 +95,38 @@ def _prediction_and_label(item: dict, pred_dir: Path) -> tuple[torch.Tensor, tor
     return pred, label
 
 
+def _groups(items: list[dict]) -> dict[str, list[dict]]:
+    """``all`` items, then the items of each ``group`` of the datalist."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        groups["all"].append(it)
+        if "group" in it:
+            groups[it["group"]].append(it)
+    return groups
+
+
+def error_counts(items: list[dict], pred_dir: str | os.PathLike, iou: float = 0.5) -> dict[str, dict[str, int]]:
+    """:func:`scripts.metrics.object_errors` of ``<stem>_instances.png`` against each item's instances, summed over
+    all items and per ``group``: why nuclei do not match at IoU ``iou`` (merged, split, missed, loose; false
+    objects)."""
+    per_item = {}
+    for it in items:
+        pred = np.asarray(Image.open(Path(pred_dir) / f"{Path(it['image']).stem}_instances.png"))
+        per_item[it["image"]] = object_errors(pred, np.asarray(Image.open(it["label"])), iou)
+    return {
+        name: {k: sum(per_item[it["image"]][k] for it in members) for k in per_item[members[0]["image"]]}
+        for name, members in _groups(items).items()
+    }
+
+
 def score_predictions(items: list[dict], pred_dir: str | os.PathLike, objects: str = "nuclei") -> dict:
     """Scores of ``<pred_dir>/<stem>_seg.png`` against each item's label, for all items and per ``group``; object
     scores of ``<stem>_instances.png`` by ``objects`` (:data:`OBJECT_SCORES`)."""
     if objects not in OBJECT_SCORES:
         raise ValueError(f"objects must be one of {tuple(OBJECT_SCORES)}, got {objects!r}.")
     pred_dir = Path(pred_dir)
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for it in items:
-        groups["all"].append(it)
-        if "group" in it:
-            groups[it["group"]].append(it)
     results = {}
-    for name, members in groups.items():
+    for name, members in _groups(items).items():
         pooled = ConfusionMatrixMetric(metric_name=list(_POOLED), compute_sample=False, reduction="sum")
         per_image = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
         for it in members:
@@ -449,6 +470,8 @@ def main(
             plot_segments(items, pred_dir, out_dir / "segments.png")
         else:
             plot_instances(items, pred_dir, out_dir / "instances.png")
+        if objects == "nuclei":
+            report["errors at IoU 0.5"] = error_counts(items, pred_dir)
     if tb_dir:
         report["training"] = plot_training_curves(tb_dir, out_dir / "training_curves.png")
     (out_dir / "report.json").write_text(json.dumps(report, indent=4))
@@ -458,6 +481,8 @@ def main(
         lines.append(
             f"| {name} | {s['images']} | " + " | ".join(f"{v:.4f}" for k, v in s.items() if k != "images") + " |"
         )
+    for name, counts in report.get("errors at IoU 0.5", {}).items():
+        lines.append(f"errors at IoU 0.5, {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print("\n".join(lines))
 
 
