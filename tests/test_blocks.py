@@ -12,12 +12,14 @@ import pytest
 import torch
 import zarr
 from monai.data.utils import dense_patch_slices
+from monai.inferers.merger import Merger
+from monai.inferers.splitter import Splitter
 from monai.inferers.utils import _get_scan_interval
 from PIL import Image
 
 from conftest import BUNDLE, GET_DATA, SHARED_DATA, run_bundle
 from scripts import InputError
-from scripts.blocks import BlockGrid, default_block_shape
+from scripts.blocks import BlockGrid, ZarrBlockMerger, default_block_shape
 from scripts.readers import open_array
 
 BLOCKS = "['configs/inference.json','configs/blocks.json']"
@@ -113,6 +115,32 @@ def test_block_regions_hold_exactly_the_whole_volume_windows_that_touch_each_blo
             assert in_region == touching, (shape, i)
     assert default_block_shape((3000, 900), (128, 128), (256, 256)) == (2048, 900)
     assert default_block_shape((40, 5000, 5000), (1, 512, 512), (1, 256, 256)) == (8, 2048, 2048)
+
+
+def test_block_splitter_and_zarr_merger_reassemble_the_array(tmp_path):
+    image = np.arange(100 * 70, dtype=np.uint16).reshape(100, 70)
+    grid = BlockGrid(image.shape, (32, 32), (16, 16), (12, 12))
+    assert isinstance(grid, Splitter) and grid.get_padded_shape() == grid.get_input_shape() == (100, 70)
+    out = zarr.create_array(str(tmp_path / "out.zarr"), shape=image.shape, chunks=(32, 32), dtype=np.uint16)
+    merger = ZarrBlockMerger(out)
+    assert isinstance(merger, Merger)
+    order = [5, 0, 11, 3, 1, 2, 4, 6, 7, 8, 9, 10]  # any order, e.g. one process's share, then another's
+    reads = []
+
+    def read(i, region):
+        reads.append(i)
+        return image[region]
+
+    for i, (region, location) in zip(order, grid(read, order), strict=True):
+        r = grid.region(i)
+        assert location == tuple(s.start for s in r) and np.array_equal(region, image[r])
+        block = grid.block_slices(i)  # the block inside its region, written at the block's first voxel
+        merger.aggregate(
+            region[tuple(slice(b.start - a.start, b.stop - a.start) for b, a in zip(block, r, strict=True))],
+            tuple(b.start for b in block),
+        )
+    assert reads == order and len(grid) == 12
+    assert np.array_equal(np.asarray(merger.finalize()[:]), image) and merger.is_finalized
 
 
 @pytest.fixture(scope="module")

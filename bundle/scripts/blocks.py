@@ -17,6 +17,7 @@ objects cut by block borders joined with :class:`scripts.instances.UnionFind`.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -24,13 +25,15 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
+from monai.inferers.merger import Merger
+from monai.inferers.splitter import Splitter
 from monai.transforms import (
     Activationsd,
     Compose,
@@ -68,6 +71,7 @@ __all__ = [
     "block_preprocessing",
     "window_geometry",
     "BlockGrid",
+    "ZarrBlockMerger",
     "default_block_shape",
     "BlockInference",
 ]
@@ -114,18 +118,39 @@ def default_block_shape(
     return tuple(block)
 
 
-class BlockGrid:
+class BlockGrid(Splitter):
     """Blocks of ``block`` (file axes) over an array of ``shape``, and the region each block needs from a sliding
     window grid (``window``, ``stride``) laid over the whole array as MONAI lays it: starts ``0, s, 2s, ...``, the
-    last one moved back to end at the array's end."""
+    last one moved back to end at the array's end.
+
+    A MONAI :class:`~monai.inferers.splitter.Splitter` of arrays larger than memory: ``grid(read, indices)`` yields,
+    for each block index, ``(region, location)``, the block's region as ``read(i, slices)`` returns it (an array in
+    file axes, read lazily) and the region's first voxel; :class:`ZarrBlockMerger` writes the blocks back."""
 
     def __init__(self, shape: Sequence[int], block: Sequence[int], window: Sequence[int], stride: Sequence[int]):
+        super().__init__(patch_size=tuple(int(b) for b in block))
         self.shape, self.block = tuple(int(s) for s in shape), tuple(int(b) for b in block)
         self.window, self.stride = tuple(int(w) for w in window), tuple(int(s) for s in stride)
         self.counts = tuple(math.ceil(n / b) for n, b in zip(self.shape, self.block, strict=True))
 
     def __len__(self) -> int:
         return math.prod(self.counts)
+
+    def get_input_shape(self, inputs: Any = None) -> tuple[int, ...]:
+        return self.shape
+
+    def get_padded_shape(self, inputs: Any = None) -> tuple[int, ...]:
+        """The array's own shape: the windows are laid over the array itself, nothing is padded."""
+        return self.shape
+
+    def __call__(
+        self, inputs: Callable[[int, tuple[slice, ...]], np.ndarray], indices: Iterable[int] | None = None
+    ) -> Iterator[tuple[np.ndarray, tuple[int, ...]]]:
+        """``(region, location)`` of each block of ``indices`` (default: all, in order): ``inputs(i, region(i))``
+        and the region's first voxel (file axes)."""
+        for i in range(len(self)) if indices is None else indices:
+            region = self.region(i)
+            yield inputs(i, region), tuple(r.start for r in region)
 
     def index(self, i: int) -> tuple[int, ...]:
         return tuple(int(k) for k in np.unravel_index(i, self.counts))
@@ -150,6 +175,28 @@ class BlockGrid:
             touching = starts[(starts < sl.stop) & (starts + w > sl.start)]
             out.append(slice(int(touching.min()), min(int(touching.max()) + w, self.shape[axis])))
         return tuple(out)
+
+
+class ZarrBlockMerger(Merger):
+    """A MONAI :class:`~monai.inferers.merger.Merger` that writes blocks into a zarr array (file axes) as they come.
+
+    Like MONAI's ``ZarrAvgMerger`` it keeps the output on disk, but blocks never overlap (each owns whole chunks of
+    the output, :class:`BlockGrid`), so nothing is averaged or counted: ``aggregate(values, location)`` writes
+    ``values`` (the block, file axes) at ``location`` (its first voxel) cast to the array's dtype, and any process
+    may write its own blocks. ``finalize()`` returns the array."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        super().__init__(merged_shape=tuple(array.shape))
+        self.array = array
+
+    def aggregate(self, values: np.ndarray | torch.Tensor, location: Sequence[int]) -> None:
+        values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        slices = tuple(slice(int(a), int(a) + n) for a, n in zip(location, values.shape, strict=True))
+        self.array[slices] = values.astype(self.array.dtype, copy=False)
+
+    def finalize(self) -> zarr.Array:
+        self.is_finalized = True
+        return self.array
 
 
 # preprocessing steps that the block reader does itself (load the file, add the channel, keep the raw copy), and
@@ -385,13 +432,13 @@ class BlockInference:
             if name != "ids" or self.instances is not None:
                 create_zarr_output(target, name, info, shape, chunks)
 
-    def _open_targets(self, work: Path, stem: str, info: dict) -> dict[str, zarr.Array]:
+    def _open_targets(self, work: Path, stem: str, info: dict) -> dict[str, ZarrBlockMerger]:
         out = {}
         for name, target in self._targets(work, stem, info).items():
             if name == "ids" and self.instances is None:
                 continue
             node = zarr.open(str(target), mode="r+")
-            out[name] = node["0"] if isinstance(node, zarr.Group) else node
+            out[name] = ZarrBlockMerger(node["0"] if isinstance(node, zarr.Group) else node)
         return out
 
     def segment(self, path: str) -> list[str]:
@@ -426,8 +473,9 @@ class BlockInference:
                 f" {len(done)} already done, {self.world} process(es)"
             )
         start = time.perf_counter()
-        for k, i in enumerate(mine):
-            self._segment_block(path, arr, info, grid, i, run, targets, done_dir)
+        regions = grid(functools.partial(self._read_block, arr, info, grid), mine)
+        for k, (i, (raw, _)) in enumerate(zip(mine, regions, strict=True)):
+            self._segment_block(raw, grid, i, run, targets, done_dir)
             if self.progress:
                 rate = (time.perf_counter() - start) / (k + 1)
                 logger.info(
@@ -441,18 +489,12 @@ class BlockInference:
         return written
 
     def _segment_block(
-        self,
-        path: str,
-        arr: zarr.Array,
-        info: dict,
-        grid: BlockGrid,
-        i: int,
-        run: dict,
-        targets: dict,
-        done_dir: Path,
+        self, raw: np.ndarray, grid: BlockGrid, i: int, run: dict, targets: dict[str, ZarrBlockMerger], done_dir: Path
     ) -> None:
+        """Block ``i`` from its region ``raw`` (file axes): the network over the region, then the block's mask,
+        probabilities and objects into the mergers, and its record into ``done_dir``."""
         region, block = grid.region(i), grid.block_slices(i)
-        raw = self._read_block(arr, info, grid, i, region)
+        start = tuple(b.start for b in block)
         x = self._preprocess(raw, run)[None].to(self.device)
         with torch.no_grad():
             logits = self.inferer(x, self.network)
@@ -473,13 +515,13 @@ class BlockInference:
             prob, ids = d["pred"], reverse_axes(d["instances"][0].detach().cpu().numpy())[inner].astype(np.uint64)
         prob = prob[(slice(None),) + inner[::-1]]
         p = reverse_axes(prob[0].detach().float().cpu().numpy())
-        targets["seg"][block] = np.where(p >= self.threshold, 255, 0).astype(np.uint8)
+        targets["seg"].aggregate(np.where(p >= self.threshold, 255, 0), start)
         if "prob" in targets:
-            targets["prob"][block] = p.astype(np.float16)
+            targets["prob"].aggregate(p, start)
         record: dict[str, Any] = {"block": i, "slices": _fmt(block), "objects": 0}
         if ids is not None:
             record["objects"] = int(ids.max(initial=0))
-            targets["ids"][block] = np.where(ids > 0, ids + _block_key(i), 0).astype(np.uint64)
+            targets["ids"].aggregate(np.where(ids > 0, ids + _block_key(i), 0), start)
             # each object's sum of input intensities in this block, for the table's mean_intensity
             in_block = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(block, region, strict=True))
             sums = np.bincount(ids.ravel().astype(np.int64), weights=raw[in_block].astype(np.float64).ravel())
@@ -530,7 +572,7 @@ class BlockInference:
             if info["kind"] == "tiff":
                 tif = self.output_dir / f"{stem}_{name}.tif"
                 if not tif.exists():
-                    zarr_to_tiff(targets[name], tif)
+                    zarr_to_tiff(targets[name].finalize(), tif)
                 outputs.append(str(tif))
             else:
                 outputs.append(str(zpath))
@@ -547,7 +589,7 @@ class BlockInference:
         """Join objects that touch across a block face (for section-by-section ``neurons`` only within sections),
         drop objects under ``min_size`` (from the mask and probabilities too, as ``Instancesd`` does), number the
         rest ``1..N`` over the volume into ``<stem>_instances`` and write ``<stem>_objects.csv``."""
-        ids = targets["ids"]
+        ids = targets["ids"].finalize()
         union = UnionFind()
         section_wise = getattr(self.instances, "method", "") == "neurons" and len(grid.shape) == 3
         axes = range(1, len(grid.shape)) if section_wise else range(len(grid.shape))
@@ -593,14 +635,15 @@ class BlockInference:
                 intensity[labels[root]] = intensity.get(labels[root], 0.0) + sums.get(local, float("nan"))
             lut_keys = np.asarray([0] + keys, np.uint64)
             final = np.asarray(values, np.uint32)[np.searchsorted(lut_keys, block_ids)]
-            targets["instances"][sl] = final
+            origin = tuple(s.start for s in sl)
+            targets["instances"].aggregate(final, origin)
             dropped = (block_ids > 0) & (final == 0)
             if dropped.any():
                 for name in ("seg", "prob"):
                     if name in targets:
-                        part = np.asarray(targets[name][sl])
+                        part = np.asarray(targets[name].array[sl])
                         part[dropped] = 0
-                        targets[name][sl] = part
+                        targets[name].aggregate(part, origin)
             _accumulate(stats, final, [s.start for s in sl])
         _write_objects_csv(stats, intensity, self.output_dir / f"{stem}_objects.csv", len(grid.shape))
         write_json_atomic({"objects": len(labels)}, work / "instances.json", indent=1)
