@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from scripts.networks import AttentionGate, InferenceReLU, PlainSkip, R2AttUNet, inflate_state_dict
+from scripts.networks import (
+    AttentionGate,
+    InferenceReLU,
+    PlainSkip,
+    R2AttUNet,
+    describe_state_dict,
+    inflate_state_dict,
+    state_dict_config,
+)
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -224,3 +232,19 @@ def test_in_place_inference_same_outputs_and_training_gradients(spatial_dims):
     assert torch.equal(x, kept)
     assert torch.equal(in_place, expected.detach())
     assert torch.allclose(in_place_mode, expected.detach(), atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims,channels", [(2, (8, 16, 32)), (3, (4, 8))])
+def test_state_dict_config_reads_the_arguments_back(spatial_dims, channels):
+    state = R2AttUNet(spatial_dims, 2, 3, channels=channels).state_dict()
+    config = state_dict_config(state)
+    assert config == {
+        "spatial_dims": spatial_dims,
+        "in_channels": 2,
+        "out_channels": 3,
+        "channels": list(channels),
+        "gated": len(channels) - 2,  # no gate at the top level (top_attention False)
+    }
+    R2AttUNet(config["spatial_dims"], config["in_channels"], config["out_channels"], channels=config["channels"])
+    assert f"channels={list(channels)}" in describe_state_dict(state)
+    assert state_dict_config({"conv.weight": torch.zeros(1)}) is None

@@ -12,17 +12,18 @@ import fire
 import torch
 
 from scripts.files import atomic_path
-from scripts.networks import R2AttUNet
+from scripts.networks import R2AttUNet, state_dict_config
 
 
 def add_output_channels(state: dict, out_channels: int = 2, seed: int = 0, **network: object) -> dict:
     """``state`` with ``head.conv.weight``/``bias`` widened to ``out_channels`` (the existing channels first)."""
     torch.manual_seed(seed)
-    channels = tuple(state["encoder.0.proj.conv.weight"].shape[:1])
-    n = sum(1 for k in state if k.startswith("encoder.") and k.endswith(".proj.conv.weight"))
-    channels = tuple(channels[0] * 2**i for i in range(n))
-    spatial_dims = state["head.conv.weight"].ndim - 2
-    fresh = R2AttUNet(spatial_dims, 1, out_channels, channels=channels, **network).state_dict()
+    config = state_dict_config(state)
+    if config is None:
+        raise ValueError("the weights are not an R2AttUNet's")
+    fresh = R2AttUNet(
+        config["spatial_dims"], config["in_channels"], out_channels, channels=config["channels"], **network
+    ).state_dict()
     for key in ("head.conv.weight", "head.conv.bias"):
         old = state[key]
         fresh[key][: old.shape[0]] = old

@@ -35,23 +35,25 @@ from scripts.data import load_datalist
 from scripts.files import reverse_axes, write_json_atomic
 from scripts.instances import as_instances, instances_from_probabilities, segments_from_boundaries
 from scripts.metrics import matching_ratios, pooled_rand_info, region_pairs
+from scripts.networks import state_dict_config
 from tools import BUNDLE
 
 MODELS_DIR = str(BUNDLE / "models")
 
 
-def probabilities(
-    datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool, out_channels: int | None = None
-) -> list[dict]:
+def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool) -> list[dict]:
     """``[{"id", "group", "prob" (C, Y, X), "true" (Y, X) instance ids}]`` for the first ``limit`` items of ``key``
-    (``C`` 2: mask, centre map; 3: and the contact map; ``out_channels`` default: the weights')."""
+    (``C`` 2: mask, centre map; 3: and the contact map), from a network built as the weights in ``ckpt_dir`` need
+    (output channels and channels per level, e.g. a wider network than ``inference.json``'s)."""
     state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
-    if out_channels is None:
-        out_channels = int(state["head.conv.weight"].shape[0])
+    config = state_dict_config(state)
+    if config is None:
+        raise ValueError(f"{Path(ckpt_dir) / 'model.pt'} does not hold the weights of an R2AttUNet")
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(Path(ckpt_dir).resolve()), "ensemble": ensemble})
-    parser["network_def"]["out_channels"] = out_channels
+    parser["network_def"]["out_channels"] = config["out_channels"]
+    parser["network_def"]["channels"] = config["channels"]
     network = parser.get_parsed_content("network")
     members = parser.get_parsed_content("ensemble_networks") if ensemble else None
     if not ensemble:

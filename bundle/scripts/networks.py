@@ -31,6 +31,7 @@ __all__ = [
     "EncoderLevel",
     "DecoderLevel",
     "R2AttUNet",
+    "state_dict_config",
     "describe_state_dict",
     "mismatch_message",
     "inflate_state_dict",
@@ -462,14 +463,14 @@ def load_weights(
     return fold_batch_norm(network) if fold else network
 
 
-def describe_state_dict(state: dict) -> str:
-    """A readable description of the :class:`R2AttUNet` configuration that produced a ``state_dict``: spatial dims,
-    input/output channels, channels per level and gated depths, e.g. to explain why weights do not fit a network."""
+def state_dict_config(state: dict) -> dict | None:
+    """The :class:`R2AttUNet` arguments that produced a ``state_dict``: ``spatial_dims``, ``in_channels``,
+    ``out_channels``, ``channels`` (per level) and ``gated`` (the number of depths with an attention gate); ``None``
+    when ``state`` is not an R2AttUNet's."""
     levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("encoder.")})
     if not levels or "head.conv.weight" not in state:
-        return "a network that is not an R2AttUNet"
+        return None
     head = state["head.conv.weight"]
-    spatial_dims = head.ndim - 2
     channels = []
     for level in levels:
         prefix = f"encoder.{level}." if level == 0 else f"encoder.{level}.1."
@@ -477,9 +478,25 @@ def describe_state_dict(state: dict) -> str:
         channels.append(int(weights[0].shape[0]))
     first = [v for k, v in state.items() if k.startswith("encoder.0.") and k.endswith("conv.weight")][0]
     gated = sum(1 for k in state if k.startswith("decoder.") and k.endswith("gate.psi.0.conv.weight"))
+    return {
+        "spatial_dims": head.ndim - 2,
+        "in_channels": int(first.shape[1]),
+        "out_channels": int(head.shape[0]),
+        "channels": channels,
+        "gated": gated,
+    }
+
+
+def describe_state_dict(state: dict) -> str:
+    """A readable description of the :class:`R2AttUNet` configuration that produced a ``state_dict``: spatial dims,
+    input/output channels, channels per level and gated depths, e.g. to explain why weights do not fit a network."""
+    config = state_dict_config(state)
+    if config is None:
+        return "a network that is not an R2AttUNet"
     return (
-        f"R2AttUNet(spatial_dims={spatial_dims}, in_channels={int(first.shape[1])}, out_channels={int(head.shape[0])}, "
-        f"channels={channels}, attention gates at {gated} of {len(levels) - 1} depths)"
+        f"R2AttUNet(spatial_dims={config['spatial_dims']}, in_channels={config['in_channels']}, "
+        f"out_channels={config['out_channels']}, channels={config['channels']}, attention gates at {config['gated']} "
+        f"of {len(config['channels']) - 1} depths)"
     )
 
 
