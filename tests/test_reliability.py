@@ -226,7 +226,7 @@ def test_sigkill_then_resume_then_nan_stop(tmp_path):
     assert (state_dir / "checkpoint_4.pt").read_bytes() == before
 
 
-def test_saver_state_restores_the_best_metric():
+def test_saver_state_restores_the_best_metric(tmp_path):
     """A resumed run compares its validation scores with the best of the run so far, not with a fresh -1, so that
     "Got new best metric" and the best epoch stay right; a state from before 0.11 falls back to the saver's score."""
     from ignite.engine import Engine
@@ -239,18 +239,18 @@ def test_saver_state_restores_the_best_metric():
         engine.state.best_metric, engine.state.best_metric_epoch = best, epoch
         return engine
 
-    saver = CheckpointSaver("unused", {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
+    saver = CheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
     saver._key_metric_checkpoint.load_state_dict({"_saved": [(0.45, "model.pt")]})
     state = SaverState(saver, evaluator(0.45, 17)).state_dict()
     assert state["best_metric"] == 0.45 and state["best_metric_epoch"] == 17
 
     fresh = evaluator()
     SaverState(
-        CheckpointSaver("unused", {"model": torch.nn.Linear(1, 1)}, save_key_metric=True), fresh
+        CheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True), fresh
     ).load_state_dict(state)
     assert (fresh.state.best_metric, fresh.state.best_metric_epoch) == (0.45, 17)
     old = evaluator()
-    restored = CheckpointSaver("unused", {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
+    restored = CheckpointSaver(str(tmp_path), {"model": torch.nn.Linear(1, 1)}, save_key_metric=True)
     SaverState(restored, old).load_state_dict({"_saved": [(0.44, "model.pt")]})
     assert old.state.best_metric == 0.44 and old.state.best_metric_epoch == 0
     assert restored._key_metric_checkpoint.state_dict()["_saved"][0][0] == 0.44
