@@ -16,13 +16,14 @@ CONFIGS = BUNDLE / "configs"
 
 
 @pytest.mark.parametrize("config,workflow_type", [("train.json", "train"), ("inference.json", "inference")])
-def test_check_properties(config, workflow_type, monkeypatch):
+def test_check_properties(config, workflow_type, monkeypatch, tmp_path):
     monkeypatch.chdir(BUNDLE)
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / config),
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=workflow_type,
+        output_dir=str(tmp_path),  # the TensorBoard writers it builds write there, not into bundle/runs
     )
     workflow.initialize()
     assert workflow.check_properties() == []
