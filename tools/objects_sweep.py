@@ -52,8 +52,7 @@ def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ens
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(Path(ckpt_dir).resolve()), "ensemble": ensemble})
-    parser["network_def"]["out_channels"] = config["out_channels"]
-    parser["network_def"]["channels"] = config["channels"]
+    parser["network_def"].update({k: config[k] for k in ("in_channels", "out_channels", "channels")})
     network = parser.get_parsed_content("network")
     members = parser.get_parsed_content("ensemble_networks") if ensemble else None
     if not ensemble:
