@@ -34,3 +34,17 @@ def test_add_output_channels_keeps_the_trained_ones():
     net.load_state_dict(new)  # fits the wider network
     assert torch.equal(new["head.conv.weight"][:1], old["head.conv.weight"])
     assert all(torch.equal(new[k], old[k]) for k in old if not k.startswith("head."))
+
+
+def test_network_weights_reads_the_weight_average_of_a_training_checkpoint(tmp_path):
+    from tools.average_weights import network_weights
+
+    torch.manual_seed(0)
+    model, ema = (R2AttUNet(2, 1, 2, channels=(4, 8, 16)).state_dict() for _ in range(2))
+    torch.save({"model": model, "ema_model": ema, "trainer": {"epoch": 3}}, tmp_path / "checkpoint_3.pt")
+    torch.save({"model": model, "trainer": {"epoch": 3}}, tmp_path / "no_ema.pt")
+    torch.save(model, tmp_path / "model.pt")
+    picked = network_weights(str(tmp_path / "checkpoint_3.pt"))
+    assert all(torch.equal(picked[k], ema[k]) for k in ema)
+    for name in ("no_ema.pt", "model.pt"):
+        assert all(torch.equal(network_weights(str(tmp_path / name))[k], model[k]) for k in model)
