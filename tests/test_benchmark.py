@@ -11,7 +11,7 @@ import torch
 
 from conftest import REPO, SAMPLE, run_module
 from scripts.networks import R2AttUNet
-from tools.benchmark import training_gflop
+from tools.benchmark import _train_overrides, training_gflop
 
 pytestmark = pytest.mark.slow  # the whole module runs the bundle in subprocesses
 
@@ -54,6 +54,18 @@ def test_train_benchmark_json_with_baseline():
     )
     if torch.cuda.is_available():
         assert "peak_cuda_mb" in last
+
+
+def test_contiguous_baseline_changes_only_the_memory_format():
+    """``--baseline contiguous`` times the configured mode (precision, memory saving) in the contiguous layout, so its
+    ratio is channels-last's alone; ``--baseline true`` is plain fp32 eager."""
+    args = ([4, 8], 32, 2, "bf16", True, None)
+    fast = _train_overrides(*args, False, None)
+    contiguous = _train_overrides(*args, "contiguous", None)
+    assert "memory_format" not in fast and fast["precision"] == "bf16" and fast["memory_saving"] is True
+    assert contiguous == {**fast, "memory_format": "$torch.contiguous_format"}
+    plain = _train_overrides(*args, True, None)
+    assert plain["precision"] == "fp32" and plain["memory_saving"] is False and plain["keep_freed_memory"] is False
 
 
 def test_training_gflop_scales_with_batch_and_counts_backward():

@@ -14,7 +14,8 @@ mixed precision, memory format, ``memory_saving``, ``compile``, post-processing 
 configured) and feeds it synthetic batches, so only data loading and the epoch handlers (validation, logging) are
 left out. It times ``steps`` iterations after ``warmup`` iterations. Each mode runs in a fresh subprocess, so its
 ``peak_rss_mb`` (``ru_maxrss``) and ``peak_cuda_mb`` are its own. ``--baseline true`` also times the same network
-in plain fp32, contiguous memory, eager mode (no ``memory_saving``, no compile) in the same run.
+in plain fp32, contiguous memory, eager mode (no ``memory_saving``, no compile) in the same run;
+``--baseline contiguous`` times the same mode in the contiguous memory format (channels-last's share alone).
 ``infer`` compares eager fp32, mixed precision, TorchScript and ONNX Runtime on a batch of patches and on one
 large image through the sliding window of ``configs/inference.json``. ``data`` runs real training epochs (no
 validation) and reports the share of time the trainer waits for batches (ignite's ``BasicTimeProfiler``). ``gpu``
@@ -98,7 +99,9 @@ def _train_overrides(channels, size, batch, precision, memory_saving, compile, b
         overrides["patch_size"] = [int(size)] * 2
     if device is not None:
         overrides["device"] = f"$torch.device({str(device)!r})"
-    if baseline:
+    if baseline == "contiguous":
+        overrides["memory_format"] = "$torch.contiguous_format"
+    if baseline is True:
         overrides.update(
             {
                 "precision": "fp32",
@@ -108,7 +111,7 @@ def _train_overrides(channels, size, batch, precision, memory_saving, compile, b
                 "keep_freed_memory": False,
             }
         )
-    else:
+    if baseline is not True:
         for key, value in (("precision", precision), ("memory_saving", memory_saving), ("compile", compile)):
             if value is not None:
                 overrides[key] = value
@@ -255,7 +258,8 @@ def train(
     """Time the training step of ``config_file`` (default ``configs/train.json``) after ``warmup`` iterations.
 
     ``channels``, ``size``, ``batch``, ``precision``, ``memory_saving``, ``compile`` and ``device`` override the
-    config (``None``: as configured). ``baseline``: also time plain fp32 eager training of the same network, in its
+    config (``None``: as configured). ``baseline``: also time plain fp32 eager training of the same network
+    (``"contiguous"``: the same mode in the contiguous memory format, to measure the memory format alone), in its
     own process, and report ``speedup`` (images/s ratio of the median steps), ``speedup_min`` (ratio of the fastest
     steps, the least disturbed on a shared machine), ``speedup_cpu`` (ratio of the process CPU time per step: with
     ``OMP_NUM_THREADS=1``, the measure least affected by other processes) and ``memory_ratio`` (peak memory ratio).
@@ -278,8 +282,9 @@ def train(
     load_before = _load()
     gflop = training_gflop(config_file, **_train_overrides(channels, size, batch, None, False, None, False, device))
     results = {}
-    for mode in (["baseline"] if as_bool(baseline) else []) + ["fast"]:
-        results[mode] = r = _run_worker("_train_worker", {**spec, "baseline": mode == "baseline"})
+    base: bool | str = "contiguous" if str(baseline).lower() == "contiguous" else as_bool(baseline)
+    for mode in (["baseline"] if base else []) + ["fast"]:
+        results[mode] = r = _run_worker("_train_worker", {**spec, "baseline": base if mode == "baseline" else False})
         r["gflop_per_step"] = round(gflop, 3)
         r["gflop_per_s"] = round(gflop / r["s_per_step"], 1)
         r["gflop_per_cpu_s"] = round(gflop / r["cpu_s_per_step"], 1)
