@@ -1,4 +1,4 @@
-"""Research tools outside the bundle (tools/): weight averaging."""
+"""Research tools outside the bundle (tools/): weight averaging, output channels, the objects sweep."""
 
 import torch
 
@@ -48,3 +48,29 @@ def test_network_weights_reads_the_weight_average_of_a_training_checkpoint(tmp_p
     assert all(torch.equal(picked[k], ema[k]) for k in ema)
     for name in ("no_ema.pt", "model.pt"):
         assert all(torch.equal(network_weights(str(tmp_path / name))[k], model[k]) for k in model)
+
+
+def test_objects_sweep_scores_components_and_contact_seeds_without_warnings():
+    """Two touching discs: the connected-components baseline merges them (one object for two nuclei), contact seeds
+    split them; neither path warns (the baseline once ran h-maxima of infinite height: inf - inf)."""
+    import warnings
+
+    import numpy as np
+
+    from tools.objects_sweep import score
+
+    yy, xx = np.mgrid[:40, :60]
+    true = np.zeros((40, 60), np.int32)
+    true[(yy - 20) ** 2 + (xx - 20) ** 2 < 100] = 1
+    true[((yy - 20) ** 2 + (xx - 38) ** 2 < 100) & (true == 0)] = 2
+    mask = (true > 0).astype(np.float32)
+    contact = np.zeros_like(mask)
+    contact[:, 28:31] = mask[:, 28:31]  # the pixels where the discs meet
+    results = [{"id": "a", "group": "fluorescence", "prob": np.stack([mask, mask, contact]), "true": true}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged = score(results, components=True)
+        split = score(results, seeds="contact", seed_threshold=0.5, sigma=0.0, min_size=5)
+    # one object for two nuclei: it matches the larger disc only (IoU just over 0.5), TP 1, FN 1
+    assert merged["all"]["iou50"] == 0.5 and merged["all"]["iou75"] == 0.0 and merged["fluorescence"]["images"] == 1
+    assert split["all"]["iou50"] == 1.0 and split["all"]["dsb"] > 0.8

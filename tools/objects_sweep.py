@@ -73,12 +73,14 @@ def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ens
     return results
 
 
-def score(results: list[dict], **params) -> dict:
-    """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75, overall and per image type."""
+def score(results: list[dict], components: bool = False, **params) -> dict:
+    """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75, overall and per image type.
+    ``components``: the mask's connected components (no seeds), the baseline; else instances with ``params``."""
     per_group: dict[str, list[np.ndarray]] = {}
     for r in results:
-        contact = r["prob"][2] if len(r["prob"]) > 2 else None
-        pred = instances_from_probabilities(r["prob"][0], r["prob"][1], contact_prob=contact, **params)
+        centre = None if components else r["prob"][1]
+        contact = r["prob"][2] if len(r["prob"]) > 2 and not components else None
+        pred = instances_from_probabilities(r["prob"][0], centre, contact_prob=contact, **params)
         ratios = matching_ratios(pred, r["true"])["ratio"]
         per_group.setdefault("all", []).append(ratios)
         per_group.setdefault(r["group"], []).append(ratios)
@@ -166,7 +168,7 @@ def main(
             write_json_atomic(table, out, indent=2)
         return
     results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
-    table = {"connected components": score(results, h=np.inf)}
+    table = {"connected components": score(results, components=True)}
     has_contact = all(len(r["prob"]) > 2 for r in results)
     for (source, h), sigma, m in itertools.product(seeds, sigmas, min_sizes):
         if source == "contact" and not has_contact:
