@@ -99,9 +99,7 @@ def _train_overrides(channels, size, batch, precision, memory_saving, compile, b
         overrides["patch_size"] = [int(size)] * 2
     if device is not None:
         overrides["device"] = f"$torch.device({str(device)!r})"
-    if baseline == "contiguous":
-        overrides["memory_format"] = "$torch.contiguous_format"
-    if baseline is True:
+    if baseline is True:  # plain fp32 eager
         overrides.update(
             {
                 "precision": "fp32",
@@ -111,10 +109,12 @@ def _train_overrides(channels, size, batch, precision, memory_saving, compile, b
                 "keep_freed_memory": False,
             }
         )
-    if baseline is not True:
-        for key, value in (("precision", precision), ("memory_saving", memory_saving), ("compile", compile)):
-            if value is not None:
-                overrides[key] = value
+        return overrides
+    for key, value in (("precision", precision), ("memory_saving", memory_saving), ("compile", compile)):
+        if value is not None:
+            overrides[key] = value
+    if baseline == "contiguous":  # the same mode, only the memory format changed
+        overrides["memory_format"] = "$torch.contiguous_format"
     return overrides
 
 
