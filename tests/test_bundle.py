@@ -316,3 +316,64 @@ def test_weights_loader_folds_once_and_keeps_the_weights_when_run_again(tmp_path
     with torch.no_grad():
         assert torch.allclose(net(x), expected, atol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+@pytest.mark.slow
+def test_star_convex_objects_train_and_segment(tmp_path):
+    """``--rays``: the shipped weights with star-convex distance channels added (tools.add_output_channel) train
+    through train.json and segment through inference.json (test-time flips put the rays back), the objects seeded by
+    their polygons (``--seeds star``): one id per object, whose union is the mask."""
+    from tools.add_output_channel import main as add_output_channel
+
+    init = add_output_channel(str(BUNDLE / "models" / "model.pt"), str(tmp_path / "init.pt"), 18, new_bias=-3.4)
+    star = ["--rays", "16", "--network_def#out_channels", "18", "--seeds", "star"]
+    models = tmp_path / "models"
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--num_epochs",
+        "1",
+        "--finetune",
+        "true",
+        "--finetune_model_path",
+        init,
+        "--ckpt_dir",
+        str(models),
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--num_workers",
+        "0",
+        "--progress_bar",
+        "false",
+        *star,
+    )
+    assert torch.load(models / "model.pt", weights_only=True)["head.conv.weight"].shape[0] == 18
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((SAMPLE / "images").glob("*.png"))[:3]:
+        (images / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--ckpt_dir",
+        str(models),
+        "--dataset_dir",
+        str(images),
+        "--output_dir",
+        str(out),
+        "--tta",
+        "2",
+        *star,
+    )
+    segs = sorted(out.glob("*_seg.png"))
+    assert len(segs) == 3
+    counts = []
+    for seg in segs:
+        mask = np.asarray(Image.open(seg)) > 0
+        instances = np.asarray(Image.open(str(seg).replace("_seg.png", "_instances.png")))
+        assert np.array_equal(instances > 0, mask)
+        counts.append(len(np.unique(instances[mask])))
+    assert sum(counts) > len(segs)  # the sample's images hold many nuclei each

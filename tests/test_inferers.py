@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
@@ -12,6 +13,7 @@ from scripts.inferers import (
     memory_format,
     with_flips,
 )
+from scripts.instances import object_targets
 from scripts.networks import R2AttUNet
 
 
@@ -135,6 +137,27 @@ def test_flip_inferer_matches_the_symmetries_by_hand():
         single, tta, expected = sw(x, net), FlipInferer(sw)(x, net), sw(x, by_hand)
     assert tta.shape == single.shape and not torch.allclose(tta, single)
     assert torch.allclose(tta, expected, atol=1e-5)
+
+
+def test_flip_inferer_puts_star_rays_back():
+    """A network that answers each input with its exact star-convex targets is equivariant: every pass of the 8,
+    rays reordered, gives back the single pass (without the reordering the rays would be mixed)."""
+    ids = np.zeros((40, 48), np.int32)
+    ids[5:20, 8:30], ids[22:36, 30:44] = 1, 2
+    ids[12:30, 20:26] = 3
+
+    def oracle(x: torch.Tensor) -> torch.Tensor:
+        targets = [object_targets(xi[0].round().numpy().astype(np.int32), rays=16) for xi in x]
+        return torch.logit(torch.as_tensor(np.stack(targets)).clamp(1e-6, 1 - 1e-6))
+
+    x = torch.as_tensor(ids[None, None], dtype=torch.float32)
+    single = torch.sigmoid(oracle(x))
+    tta = torch.sigmoid(with_flips(SimpleInferer(), True, rays=16)(x, oracle))
+    assert torch.allclose(tta, single, atol=1e-4)
+    mixed = torch.sigmoid(with_flips(SimpleInferer(), True)(x, oracle))
+    assert not torch.allclose(mixed[:, 2:], single[:, 2:], atol=1e-2)
+    with pytest.raises(ValueError, match="plane"):
+        FlipInferer(SimpleInferer(), spatial_axes=(2,), transpose=False, rays=16)
 
 
 def test_whole_image_inferer_pads_crops_and_falls_back():

@@ -12,6 +12,7 @@ from skimage.metrics import adapted_rand_error
 
 from scripts.evaluation import ObjectMatching, ObjectMatchingHandler
 from scripts.instances import (
+    STAR_SCALE,
     as_instances,
     components,
     contact_map,
@@ -21,7 +22,10 @@ from scripts.instances import (
     join_boundaries,
     object_table,
     object_targets,
+    ray_order,
     segments_from_boundaries,
+    star_distances,
+    star_objects,
 )
 from scripts.metrics import DSB_THRESHOLDS, matching_ratios, pooled_rand_info, rand_info_scores, region_pairs
 from scripts.transforms import Instancesd, LabelTargetsd, Overlayd
@@ -193,6 +197,68 @@ def test_instances_from_contact_seeds():
     assert Instancesd("pred")({"pred": torch.as_tensor(targets)})["instances"].max().item() == 2  # centre seeds
     with pytest.raises(ValueError, match="contact map"):
         Instancesd("pred", seeds="contact")({"pred": torch.as_tensor(targets[:2])})
+
+
+def _star_pair() -> np.ndarray:
+    """Two touching ellipses of different sizes and an off-axis square: no symmetry of the square maps it onto
+    itself."""
+    yy, xx = np.mgrid[:48, :64]
+    ids = np.zeros((48, 64), np.int32)
+    ids[((yy - 20) / 12.0) ** 2 + ((xx - 18) / 9.0) ** 2 <= 1] = 1
+    ids[(((yy - 24) / 8.0) ** 2 + ((xx - 34) / 10.0) ** 2 <= 1) & (ids == 0)] = 2
+    ids[34:44, 48:57] = 3
+    return ids
+
+
+def test_star_distances_by_hand_and_under_every_symmetry():
+    square = np.zeros((9, 9), np.int32)
+    square[2:7, 2:7] = 1  # 5x5, centre (4, 4)
+    d = star_distances(square, 8)
+    assert d.shape == (8, 9, 9) and d.dtype == np.float32 and not d[:, 0, 0].any()
+    # ray k at angle 2 pi k / 8, steps (dy, dx) = (sin, cos): ray 0 right, 2 down, 4 left, 6 up; the first pixel
+    # outside is 3 steps away, the edge (between pixels) 2.5
+    assert d[[0, 2, 4, 6], 4, 4] == pytest.approx([2.5, 2.5, 2.5, 2.5])
+    assert d[0, 4, 5] == pytest.approx(1.5) and d[4, 4, 5] == pytest.approx(3.5)
+    ids = _star_pair()
+    dist = star_distances(ids, 32)
+    for transposed in (False, True):
+        for flipped in ((), (0,), (1,), (0, 1)):
+            moved = ids.T if transposed else ids
+            moved = np.flip(moved, flipped) if flipped else moved
+            back = star_distances(np.ascontiguousarray(moved), 32)
+            back = np.flip(back, tuple(a + 1 for a in flipped)) if flipped else back
+            back = back.transpose(0, 2, 1) if transposed else back
+            assert np.allclose(back[ray_order(32, transposed, flipped)], dist, atol=1e-4), (transposed, flipped)
+    assert not np.allclose(back, dist, atol=1e-4)  # the rays do move
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ray_order(6, transposed=True)
+    with pytest.raises(ValueError, match="2D"):
+        star_distances(np.stack([ids, ids], -1), 32)
+
+
+def test_star_targets_and_objects_separate_touching_objects():
+    ids = _star_pair()
+    targets = object_targets(ids, rays=32)
+    assert targets.shape == (34, 48, 64) and targets[2:].max() <= 1
+    assert np.allclose(targets[2:] * STAR_SCALE, star_distances(ids, 32), atol=1e-4)
+    assert np.array_equal(targets[:2], object_targets(ids))
+    with pytest.raises(ValueError, match="not both"):
+        object_targets(ids, contact=True, rays=32)
+    distances = targets[2:] * STAR_SCALE
+    polygons = star_objects(targets[1], distances, prob_threshold=0.5, nms_threshold=0.4)
+    assert polygons.max() == 3 and matching_ratios(polygons, ids)["ratio"][:5].min() == 1  # all at IoU 0.5-0.7
+    instances = instances_from_probabilities(targets[0], targets[1], seeds="star", distances=distances)
+    assert np.array_equal(instances > 0, ids > 0) and instances.max() == 3  # the mask's pixels, the polygons' split
+    assert matching_ratios(instances, ids)["ratio"].mean() > 0.9
+    # the distance split of the mask merges nothing here either, but connected components merge the pair
+    assert instances_from_probabilities(targets[0], targets[1], seeds="star").max() == 2  # no distances: components
+    assert not star_objects(np.zeros((48, 64)), distances).any()
+    out = Instancesd("pred", seeds="star")({"pred": torch.as_tensor(targets)})
+    assert out["pred"].shape == (1, 48, 64) and out["instances"].max().item() == 3
+    with pytest.raises(ValueError, match="2 \\+ rays channels"):
+        Instancesd("pred", seeds="star")({"pred": torch.as_tensor(targets[:3])})
+    label = torch.as_tensor(ids[None], dtype=torch.float32)
+    assert LabelTargetsd("label", rays=32)({"label": label})["label"].shape == (34, 48, 64)
 
 
 def test_h_maxima_in_regions_matches_scikit_image_per_region():

@@ -2,6 +2,7 @@ import pytest
 import torch
 from monai.losses import DiceLoss, TverskyLoss
 
+from scripts.instances import STAR_SCALE
 from scripts.losses import FocalTverskyLoss, ObjectLoss
 
 
@@ -81,3 +82,28 @@ def test_object_loss_sums_its_channels():
         ObjectLoss(mask_loss)(logits[:, :1], target[:, :1])
     with pytest.raises(ValueError, match="got 3 and 2"):
         ObjectLoss(mask_loss)(logits, target[:, :2])
+
+
+def test_object_loss_with_star_distances():
+    torch.manual_seed(0)
+    mask_loss = FocalTverskyLoss(alpha=0.3, beta=0.7, gamma=0.75, sigmoid=True)
+    logits = torch.randn(2, 2 + 8, 12, 12)
+    target = torch.rand(2, 2 + 8, 12, 12)
+    target[:, 1][target[:, 0] < 0.3] = 0.0  # background, where the centre map is 0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    weight = target[:, 1:2]
+    error = ((torch.sigmoid(logits[:, 2:]) - target[:, 2:]).abs() * STAR_SCALE * weight).mean() / weight.mean()
+    background = ((weight == 0) * torch.sigmoid(logits[:, 2:]) * STAR_SCALE).mean()
+    expected = mask_loss(logits[:, :1], target[:, :1]) + bce(logits[:, 1:2], target[:, 1:2])
+    expected = expected + 0.2 * (error + 1e-3 * background)
+    loss = ObjectLoss(mask_loss, rays=8, background_weight=1e-3)(logits, target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # exact distances cost only the other channels and the background term
+    exact = logits.clone()
+    exact[:, 2:] = torch.logit(target[:, 2:])
+    rest = ObjectLoss(mask_loss, rays=8, background_weight=0.0)(exact, target)
+    assert rest.item() == pytest.approx(
+        float(mask_loss(exact[:, :1], target[:, :1]) + bce(exact[:, 1:2], target[:, 1:2])), rel=1e-4
+    )
+    with pytest.raises(ValueError, match="10 channels"):
+        ObjectLoss(mask_loss, rays=8)(logits[:, :3], target[:, :3])

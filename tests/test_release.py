@@ -76,8 +76,8 @@ def test_metadata_is_complete_for_the_model_zoo():
     for key in ("intended_use", "data_source", "license", "data_license", "references", "eval_metrics"):
         assert metadata[key], key
     assert {"pytorch-ignite", "itk", "pillow"} <= set(metadata["required_packages_version"])
-    # export (ONNX) and tracking (MLflow) are optional, as the project's extras say
-    assert set(metadata["optional_packages_version"]) == {"onnx", "onnxscript", "onnxruntime", "mlflow"}
+    # export (ONNX), tracking (MLflow) and star-convex objects (StarDist) are optional, as the project's extras say
+    assert set(metadata["optional_packages_version"]) == {"onnx", "onnxscript", "onnxruntime", "mlflow", "stardist"}
     image = metadata["network_data_format"]["inputs"]["image"]
     pred = metadata["network_data_format"]["outputs"]["pred"]
     assert image["spatial_shape"] == pred["spatial_shape"] == ["16*n", "16*n"]

@@ -74,3 +74,20 @@ def test_objects_sweep_scores_components_and_contact_seeds_without_warnings():
     # one object for two nuclei: it matches the larger disc only (IoU just over 0.5), TP 1, FN 1
     assert merged["all"]["iou50"] == 0.5 and merged["all"]["iou75"] == 0.0 and merged["fluorescence"]["images"] == 1
     assert split["all"]["iou50"] == 1.0 and split["all"]["dsb"] > 0.8
+
+
+def test_objects_sweep_scores_star_seeds():
+    """Star-convex channels (``2 + rays``): the sweep splits touching discs by their polygons."""
+    import numpy as np
+
+    from scripts.instances import object_targets
+    from tools.objects_sweep import score
+
+    yy, xx = np.mgrid[:40, :60]
+    true = np.zeros((40, 60), np.int32)
+    true[(yy - 20) ** 2 + (xx - 20) ** 2 < 100] = 1
+    true[((yy - 20) ** 2 + (xx - 38) ** 2 < 100) & (true == 0)] = 2
+    results = [{"id": "a", "group": "fluorescence", "prob": object_targets(true, rays=32), "true": true}]
+    assert score(results, components=True)["all"]["iou50"] == 0.5
+    split = score(results, seeds="star", seed_threshold=0.5, nms_threshold=0.4, sigma=1.0, min_size=5)
+    assert split["all"]["iou50"] == 1.0 and split["all"]["dsb"] > 0.8

@@ -13,7 +13,8 @@ split.
 V_rand and V_info pooled over the images.
 
 With weights of three output channels (mask, centre map, contact map) the contact seeds (``seeds=contact``,
-``seed_threshold``) are compared too.
+``seed_threshold``) are compared too; with star-convex distance channels (``2 + rays`` channels, ``--rays``) the
+polygon seeds (``seeds=star``, ``seed_threshold`` the centre-map level, each with every ``--nms_thresholds``).
 
 Prints, per setting, the DSB2018 score and the TP/(TP+FP+FN) ratio at IoU 0.5 and 0.75 (mean over images), and for
 the connected components of the mask (the pixel model's answer) beside them; ``--out`` writes them as JSON.
@@ -33,7 +34,7 @@ from PIL import Image
 
 from scripts.data import load_datalist
 from scripts.files import reverse_axes, write_json_atomic
-from scripts.instances import as_instances, instances_from_probabilities, segments_from_boundaries
+from scripts.instances import STAR_SCALE, as_instances, instances_from_probabilities, segments_from_boundaries
 from scripts.metrics import matching_ratios, pooled_rand_info, region_pairs
 from scripts.networks import state_dict_config
 from tools import BUNDLE
@@ -43,8 +44,9 @@ MODELS_DIR = str(BUNDLE / "models")
 
 def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool) -> list[dict]:
     """``[{"id", "group", "prob" (C, Y, X), "true" (Y, X) instance ids}]`` for the first ``limit`` items of ``key``
-    (``C`` 2: mask, centre map; 3: and the contact map), from a network built as the weights in ``ckpt_dir`` need
-    (output channels and channels per level, e.g. a wider network than ``inference.json``'s)."""
+    (``C`` 2: mask, centre map; 3: and the contact map; ``2 + rays``: and star-convex distances), from a network
+    built as the weights in ``ckpt_dir`` need (output channels and channels per level, e.g. a wider network than
+    ``inference.json``'s)."""
     state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
     config = state_dict_config(state)
     if config is None:
@@ -79,8 +81,9 @@ def score(results: list[dict], components: bool = False, **params) -> dict:
     per_group: dict[str, list[np.ndarray]] = {}
     for r in results:
         centre = None if components else r["prob"][1]
-        contact = r["prob"][2] if len(r["prob"]) > 2 and not components else None
-        pred = instances_from_probabilities(r["prob"][0], centre, contact_prob=contact, **params)
+        contact = r["prob"][2] if len(r["prob"]) == 3 and not components else None
+        distances = r["prob"][2:] * STAR_SCALE if len(r["prob"]) > 3 and not components else None
+        pred = instances_from_probabilities(r["prob"][0], centre, contact_prob=contact, distances=distances, **params)
         ratios = matching_ratios(pred, r["true"])["ratio"]
         per_group.setdefault("all", []).append(ratios)
         per_group.setdefault(r["group"], []).append(ratios)
@@ -97,6 +100,9 @@ def score(results: list[dict], components: bool = False, **params) -> dict:
 
 # settings compared: (seeds, h or, for contact seeds, the seed threshold); each with every sigma and min_size below
 SEEDS = (
+    ("star", 0.4),
+    ("star", 0.5),
+    ("star", 0.6),
     ("contact", 0.3),
     ("contact", 0.5),
     ("contact", 0.7),
@@ -157,6 +163,7 @@ def main(
     pred_dir: str | None = None,
     merge_thresholds=(0.6, 0.7, 0.75),
     hs=(0.05,),
+    nms_thresholds=(0.3, 0.4, 0.5),
 ) -> None:
     if objects == "neurons":
         if pred_dir is None:
@@ -169,13 +176,16 @@ def main(
         return
     results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
     table = {"connected components": score(results, components=True)}
-    has_contact = all(len(r["prob"]) > 2 for r in results)
+    channels = {len(r["prob"]) for r in results}
+    has = {"contact": channels == {3}, "star": min(channels) > 3}
     for (source, h), sigma, m in itertools.product(seeds, sigmas, min_sizes):
-        if source == "contact" and not has_contact:
+        if not has.get(source, True):
             continue
-        value = {"seed_threshold": h} if source == "contact" else {"h": h}
-        name = f"seeds={source} {'seed_threshold' if source == 'contact' else 'h'}={h} sigma={sigma} min_size={m}"
-        table[name] = score(results, seeds=source, sigma=sigma, min_size=m, **value)
+        threshold = "seed_threshold" if source in ("contact", "star") else "h"
+        for nms in nms_thresholds if source == "star" else (None,):
+            value = {threshold: h} | ({"nms_threshold": nms} if nms is not None else {})
+            name = f"seeds={source} {threshold}={h}{'' if nms is None else f' nms_threshold={nms}'} sigma={sigma}"
+            table[f"{name} min_size={m}"] = score(results, seeds=source, sigma=sigma, min_size=m, **value)
     for name, s in table.items():
         groups = "; ".join(f"{g} ({v['images']}) {v['dsb']:.3f}" for g, v in s.items() if g != "all")
         a = s["all"]

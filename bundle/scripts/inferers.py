@@ -16,10 +16,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
 from scripts import as_bool
+from scripts.instances import ray_order
 
 __all__ = [
     "PRECISIONS",
@@ -110,13 +112,14 @@ def memory_format(
 _LOGGED: set[tuple] = set()
 
 
-def with_flips(inferer: Inferer, tta: bool | int | str) -> Inferer:
+def with_flips(inferer: Inferer, tta: bool | int | str, rays: int = 0) -> Inferer:
     """``inferer`` with test-time flips (:class:`FlipInferer`): every symmetry for ``--tta true``, the first ``n`` of
-    them for ``--tta n`` (2: and the half turn, 4: and the two transposes), none for ``false`` or ``0``."""
+    them for ``--tta n`` (2: and the half turn, 4: and the two transposes), none for ``false`` or ``0``. ``rays``:
+    the output's last channels are that many star-convex distances (:func:`scripts.instances.ray_order`)."""
     text = str(tta).strip().lower()
     if text.isdigit() and text not in ("0", "1"):
-        return FlipInferer(inferer, passes=int(text))
-    return FlipInferer(inferer) if as_bool(tta) else inferer
+        return FlipInferer(inferer, passes=int(text), rays=rays)
+    return FlipInferer(inferer, rays=rays) if as_bool(tta) else inferer
 
 
 class _AutocastNetwork:
@@ -196,10 +199,21 @@ class WholeImageInferer(Inferer):
 class _FlipNetwork:
     """Callable: the mean of ``network``'s outputs over the symmetries of :class:`FlipInferer`, each mapped back."""
 
-    def __init__(self, network: Callable, symmetries: list[tuple[bool, tuple[int, ...]]], swap: list[int]) -> None:
+    def __init__(
+        self, network: Callable, symmetries: list[tuple[bool, tuple[int, ...]]], swap: list[int], rays: int = 0
+    ) -> None:
         self.network = network
         self.symmetries = symmetries
         self.swap = swap
+        self.rays = int(rays)
+
+    def _rays_back(self, y: torch.Tensor, transposed: bool, flipped: tuple[int, ...]) -> torch.Tensor:
+        """``y`` with its last :attr:`rays` channels (star-convex distances) reordered to the original image's rays."""
+        if not self.rays or not (transposed or flipped):
+            return y
+        order = ray_order(self.rays, transposed, tuple(d - 2 for d in flipped)) + (y.shape[1] - self.rays)
+        index = torch.as_tensor(np.concatenate([np.arange(y.shape[1] - self.rays), order]), device=y.device)
+        return y.index_select(1, index)
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         total = None
@@ -209,6 +223,7 @@ class _FlipNetwork:
             y = self.network(xi, *args, **kwargs)
             y = y.flip(flipped) if flipped else y
             y = y.transpose(*self.swap) if transposed else y
+            y = self._rays_back(y, transposed, flipped)
             total = y if total is None else total + y
         return total / len(self.symmetries)
 
@@ -226,7 +241,9 @@ class FlipInferer(Inferer):
     network's stride, so every symmetry fits the network. The outputs (logits) are averaged, so postprocessing is
     unchanged; it costs ``2 ** len(spatial_axes)`` passes, twice that with ``transpose``, or ``passes``: the first
     that many of :meth:`symmetries`, which puts the half turn second and the transposes third and fourth, so that 2
-    and 4 passes are groups of symmetries (each a mean over a group keeps the output's symmetry).
+    and 4 passes are groups of symmetries (each a mean over a group keeps the output's symmetry). With ``rays``, the
+    output's last ``rays`` channels are star-convex distances, whose rays each symmetry also permutes
+    (:func:`scripts.instances.ray_order`): they are put back in the original image's order before the mean.
     ``__call__(inputs, network)``: ``inputs`` ``(B, C, *spatial)``, output as ``inferer``'s.
     """
 
@@ -236,10 +253,14 @@ class FlipInferer(Inferer):
         spatial_axes: Sequence[int] = (0, 1),
         transpose: bool = True,
         passes: int | None = None,
+        rays: int = 0,
     ) -> None:
         super().__init__()
         self.inferer = inferer
         self.spatial_axes = tuple(int(a) for a in spatial_axes)
+        self.rays = int(rays)
+        if self.rays and self.spatial_axes != (0, 1):
+            raise ValueError(f"FlipInferer: star-convex rays lie in the plane of axes (0, 1), got {self.spatial_axes}.")
         if transpose and len(self.spatial_axes) < 2:
             raise ValueError(f"transpose needs two spatial axes, got {self.spatial_axes}.")
         self.transpose = bool(transpose)
@@ -261,4 +282,5 @@ class FlipInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         swap = [a + 2 for a in self.spatial_axes[:2]] if self.transpose else []
-        return self.inferer(inputs, _FlipNetwork(network, self.symmetries(), swap), *args, **kwargs)
+        network = _FlipNetwork(network, self.symmetries(), swap, self.rays)
+        return self.inferer(inputs, network, *args, **kwargs)

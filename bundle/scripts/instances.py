@@ -20,8 +20,12 @@ __all__ = [
     "as_instances",
     "object_targets",
     "contact_map",
+    "star_distances",
+    "ray_order",
+    "STAR_SCALE",
     "CONTACT_WINDOWS",
     "instances_from_probabilities",
+    "star_objects",
     "h_maxima_in_regions",
     "segments_from_boundaries",
     "components",
@@ -96,16 +100,68 @@ def _contacts(instances: np.ndarray) -> np.ndarray:
     return contact
 
 
-def object_targets(label: np.ndarray, contact: bool = False) -> np.ndarray:
+# star-convex objects (StarDist, Schmidt et al. 2018): the network's ray channels hold sigmoid(logit) = the distance
+# from the pixel to its object's edge along the ray, divided by STAR_SCALE pixels (so that every output channel is a
+# probability-like value in [0, 1] and the bundle's sigmoid post-processing, ensembles and blocks apply unchanged)
+STAR_SCALE = 256.0
+
+
+def _stardist() -> object:
+    """The ``stardist`` package (its numba and C geometry; no TensorFlow), imported where star-convex objects are
+    used, with a clear error where it is missing."""
+    try:
+        import stardist
+    except ImportError as error:
+        raise ImportError(
+            "star-convex objects (--rays, --seeds star) need StarDist's geometry: pip install stardist "
+            "(the project's [star] extra)"
+        ) from error
+    return stardist
+
+
+def star_distances(label: np.ndarray, rays: int) -> np.ndarray:
+    """The star-convex distances of a 2D instance label image: ``(rays, H, W)`` float32, for each object pixel the
+    distance in pixels along ray ``k`` (angle ``2 pi k / rays``, direction ``(dy, dx) = (sin, cos)`` in (row,
+    column) steps) to the edge before the first pixel that is not of its object (the background or a touching
+    object), 0 outside objects (StarDist's ``star_dist``). A binary mask is taken as its connected components."""
+    instances = as_instances(label)
+    if instances.ndim != 2:
+        raise ValueError(f"star-convex distances are 2D, got a label of shape {instances.shape}.")
+    if int(instances.max()) > np.iinfo(np.uint16).max:
+        raise ValueError(f"star-convex distances take at most 65535 objects a patch, got {int(instances.max())}.")
+    return np.moveaxis(_stardist().star_dist(instances.astype(np.uint16), int(rays)), -1, 0)
+
+
+def ray_order(rays: int, transposed: bool = False, flipped: tuple[int, ...] = ()) -> np.ndarray:
+    """How the rays of :func:`star_distances` move under a symmetry of the image: ``order[k]`` is the ray of the
+    transformed image (first ``transposed``, then flipped along the spatial axes ``flipped``, 0 = rows, 1 = columns)
+    that points where ray ``k`` of the original points. ``rays`` must be a multiple of 4 for a transpose, of 2 for a
+    flip."""
+    if (transposed and rays % 4) or (flipped and rays % 2):
+        raise ValueError(f"the symmetries of the square map rays onto rays only for a multiple of 4, got {rays}.")
+    k = np.arange(rays)
+    if transposed:  # (dy, dx) -> (dx, dy): angle phi -> pi / 2 - phi
+        k = (rays // 4 - k) % rays
+    if 0 in flipped:  # dy -> -dy: phi -> -phi
+        k = (-k) % rays
+    if 1 in flipped:  # dx -> -dx: phi -> pi - phi
+        k = (rays // 2 - k) % rays
+    return k
+
+
+def object_targets(label: np.ndarray, contact: bool = False, rays: int = 0) -> np.ndarray:
     """The training targets of an instance label image: ``(2, *spatial)`` float32 (``(3, *spatial)`` with
-    ``contact``) with channel 0 the object mask (0/1), channel 1 the centre map: each object's distance to its own
-    border (Euclidean, so touching objects meet at 0) divided by its largest value, 1 at the object's centre, 0
-    outside, and channel 2 the contact map of :func:`contact_map` (0/1). A binary mask is taken as its connected
-    components."""
+    ``contact``, ``(2 + rays, *spatial)`` with ``rays``) with channel 0 the object mask (0/1), channel 1 the centre
+    map: each object's distance to its own border (Euclidean, so touching objects meet at 0) divided by its largest
+    value, 1 at the object's centre, 0 outside (StarDist's object probability), channel 2 the contact map of
+    :func:`contact_map` (0/1), or channels ``2..`` the star-convex distances of :func:`star_distances` divided by
+    :data:`STAR_SCALE` (clipped to 1). A binary mask is taken as its connected components."""
+    if contact and rays:
+        raise ValueError("object targets hold a contact map or star-convex distances, not both.")
     instances = as_instances(label)
     mask = instances > 0
     n = int(instances.max())
-    channels = 3 if contact else 2
+    channels = 2 + int(bool(contact)) + int(rays)
     if n == 0:
         return np.zeros((channels, *instances.shape), np.float32)
     inner = mask & ~find_boundaries(instances, mode="inner")  # each object minus its own outermost pixels
@@ -113,6 +169,8 @@ def object_targets(label: np.ndarray, contact: bool = False) -> np.ndarray:
     peak = np.asarray(ndimage.maximum(distance, instances, np.arange(1, n + 1)), dtype=np.float64)
     centre = np.where(mask, distance / peak[np.maximum(instances, 1) - 1], 0.0)
     targets = [mask, centre] + ([_contacts(instances)] if contact else [])
+    if rays:
+        targets += list(np.minimum(star_distances(instances, rays) / STAR_SCALE, 1.0))
     return np.stack(targets).astype(np.float32)
 
 
@@ -128,6 +186,8 @@ def instances_from_probabilities(
     contact_prob: np.ndarray | None = None,
     seed_threshold: float = 0.5,
     min_seed_size: int = 4,
+    distances: np.ndarray | None = None,
+    nms_threshold: float = 0.4,
 ) -> np.ndarray:
     """Instance labels (int32, ``0`` background, ``1..N``) from the object probability and the predicted centre map
     (and contact map).
@@ -137,6 +197,12 @@ def instances_from_probabilities(
     ``seeds="contact"`` (the DSB2018 winners' design; needs ``contact_prob``): the body ``mask_prob * (1 -
     contact_prob)`` is above ``seed_threshold`` inside nuclei and low where they touch; its connected regions (full
     connectivity) of at least ``min_seed_size`` pixels seed a watershed of the negated body over the foreground.
+
+    ``seeds="star"`` (StarDist's design; needs ``centre_prob`` and ``distances``, the ``(rays, *spatial)`` distances
+    in pixels of :func:`star_distances`): the star-convex polygons of :func:`star_objects` (candidates where the
+    centre map exceeds ``seed_threshold``, overlaps above ``nms_threshold`` suppressed) seed, where they lie in the
+    foreground, a watershed of the negated centre map over the foreground, so that the objects' pixels are the mask's
+    and the polygons only decide which object a pixel belongs to.
 
     Otherwise a landscape that peaks once per object, smoothed by a Gaussian of ``sigma`` pixels, is ``centre_prob``
     (``seeds="centre"``, the network's centre map), the foreground's Euclidean distance transform
@@ -149,16 +215,18 @@ def instances_from_probabilities(
     (``0`` keeps every one, so the union of the instances is exactly the mask). Without ``centre_prob`` (``"centre"``,
     ``"both"``) or ``contact_prob`` (``"contact"``) it gives the foreground's connected components.
     """
-    if seeds not in ("centre", "distance", "both", "contact"):
-        raise ValueError(f"seeds must be 'centre', 'distance', 'both' or 'contact', got {seeds!r}.")
+    if seeds not in ("centre", "distance", "both", "contact", "star"):
+        raise ValueError(f"seeds must be 'centre', 'distance', 'both', 'contact' or 'star', got {seeds!r}.")
     foreground = np.asarray(mask_prob) >= threshold
     needed = {"centre": centre_prob, "both": centre_prob, "contact": contact_prob}.get(seeds, foreground)
+    if seeds == "star":
+        needed = None if centre_prob is None else distances
     if not foreground.any() or needed is None:
         instances = connected_components(foreground).astype(np.int32)
     else:
         if seeds == "contact":
             landscape = np.asarray(mask_prob, dtype=np.float32) * (1 - np.asarray(contact_prob, dtype=np.float32))
-        elif seeds == "centre":
+        elif seeds in ("centre", "star"):
             landscape = np.asarray(centre_prob, dtype=np.float32)
         else:
             landscape = ndimage.distance_transform_edt(foreground).astype(np.float32)
@@ -168,6 +236,9 @@ def instances_from_probabilities(
             landscape = ndimage.gaussian_filter(landscape, sigma)
         if seeds == "contact":
             markers = _drop_small(connected_components(foreground & (landscape > seed_threshold)), min_seed_size)
+        elif seeds == "star":
+            polygons = star_objects(centre_prob, distances, seed_threshold, nms_threshold)
+            markers = np.where(foreground, polygons, 0)
         else:
             # a region under min_size pixels ends as objects under min_size, dropped whether seeded or not: skipping
             # it changes no output and spares the per-region maxima the specks of a noisy (e.g. untrained) network
@@ -177,6 +248,27 @@ def instances_from_probabilities(
         rest = connected_components(foreground & (instances == 0))
         instances = np.where(rest > 0, rest + instances.max(), instances)
     return _drop_small(instances, min_size)
+
+
+def star_objects(
+    centre_prob: np.ndarray, distances: np.ndarray, prob_threshold: float = 0.5, nms_threshold: float = 0.4
+) -> np.ndarray:
+    """Star-convex objects (StarDist): instance labels (int32, ``0`` background) of the polygons whose centre
+    pixel's probability ``centre_prob`` ``(H, W)`` exceeds ``prob_threshold``, each with the ray lengths
+    ``distances`` ``(rays, H, W)`` in pixels (:func:`star_distances`), kept from the most probable down unless
+    a kept polygon overlaps it by more than ``nms_threshold`` (intersection over the smaller area; StarDist's
+    ``non_maximum_suppression`` and ``polygons_to_label``, which paints the most probable polygon last)."""
+    prob = np.asarray(centre_prob, dtype=np.float32)
+    if prob.ndim != 2 or distances.shape[1:] != prob.shape:
+        raise ValueError(f"star_objects: centre map {prob.shape} and distances {distances.shape} do not match.")
+    if not (prob > prob_threshold).any():
+        return np.zeros(prob.shape, np.int32)
+    dist = np.ascontiguousarray(np.moveaxis(np.asarray(distances, dtype=np.float32), 0, -1))
+    stardist = _stardist()
+    points, probs, dists = stardist.non_maximum_suppression(
+        dist, prob, prob_thresh=prob_threshold, nms_thresh=nms_threshold
+    )
+    return stardist.polygons_to_label(dists, points, prob.shape, prob=probs).astype(np.int32)
 
 
 def h_maxima_in_regions(landscape: np.ndarray, h: float, regions: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from monai.losses import DiceLoss, TverskyLoss
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
+from scripts.instances import STAR_SCALE
+
 __all__ = ["FocalTverskyLoss", "ObjectLoss"]
 
 
@@ -77,28 +79,55 @@ class ObjectLoss(_Loss):
     contact map (:func:`scripts.instances.object_targets`): ``mask_loss`` (the Focal Tversky loss) on channel 0,
     plus ``centre_weight`` times the binary cross-entropy of channel 1 against the centre map (soft targets in
     [0, 1]), plus, with 3 channels, ``contact_weight`` times the binary cross-entropy and the Dice loss (over the
-    batch, so that patches without contacts count) of channel 2 against the contact map.
+    batch, so that patches without contacts count) of channel 2 against the contact map; with ``rays``, ``2 +
+    rays`` channels, ``distance_weight`` times StarDist's distance loss of channels ``2..`` (the star-convex
+    distances over :data:`scripts.instances.STAR_SCALE`, predicted as sigmoids): the mean absolute error in pixels
+    weighted by the true centre map, plus ``background_weight`` times the mean predicted distance outside objects.
 
-    ``input``: ``(B, 2|3, *spatial)`` logits; ``target``: the same shape. Returns a scalar.
+    ``input``: ``(B, 2|3|2 + rays, *spatial)`` logits; ``target``: the same shape. Returns a scalar.
     """
 
-    def __init__(self, mask_loss: _Loss, centre_weight: float = 1.0, contact_weight: float = 2.0) -> None:
+    def __init__(
+        self,
+        mask_loss: _Loss,
+        centre_weight: float = 1.0,
+        contact_weight: float = 2.0,
+        rays: int = 0,
+        distance_weight: float = 0.2,
+        background_weight: float = 1e-4,
+    ) -> None:
         super().__init__()
         self.mask_loss = mask_loss
         self.centre_weight = centre_weight
         self.contact_weight = contact_weight
+        self.rays = int(rays)
+        self.distance_weight = distance_weight
+        self.background_weight = background_weight
         self.contact_dice = DiceLoss(sigmoid=True, batch=True)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if input.shape[1] not in (2, 3) or target.shape[1] != input.shape[1]:
-            raise ValueError(
-                "ObjectLoss takes 2 channels (mask, centre map) or 3 (mask, centre map, contact map), got "
-                f"{input.shape[1]} and {target.shape[1]}."
+        channels = (2 + self.rays,) if self.rays else (2, 3)
+        if input.shape[1] not in channels or target.shape[1] != input.shape[1]:
+            what = (
+                f"{2 + self.rays} channels (mask, centre map, {self.rays} distances)"
+                if self.rays
+                else ("2 channels (mask, centre map) or 3 (mask, centre map, contact map)")
             )
+            raise ValueError(f"ObjectLoss takes {what}, got {input.shape[1]} and {target.shape[1]}.")
         bce = torch.nn.functional.binary_cross_entropy_with_logits
         loss = self.mask_loss(input[:, :1], target[:, :1])
         loss = loss + self.centre_weight * bce(input[:, 1:2].float(), target[:, 1:2].float())
+        if self.rays:
+            return loss + self.distance_weight * self._distance_loss(input[:, 2:].float(), target[:, 1:].float())
         if input.shape[1] == 3:
             logits, contact = input[:, 2:].float(), target[:, 2:].float()
             loss = loss + self.contact_weight * (bce(logits, contact) + self.contact_dice(logits, contact))
         return loss
+
+    def _distance_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` ``(B, rays, *spatial)``; ``target`` ``(B, 1 + rays, *spatial)``: the centre map, then the
+        distances over ``STAR_SCALE``. In pixels, as StarDist's ``masked_loss_mae`` with its background term."""
+        weight, distances = target[:, :1], target[:, 1:]
+        predicted = torch.sigmoid(logits) * STAR_SCALE
+        loss = (weight * (predicted - distances * STAR_SCALE).abs()).mean() / weight.mean().clamp_min(1e-6)
+        return loss + self.background_weight * ((weight == 0) * predicted).mean()

@@ -42,9 +42,14 @@ MEANINGS = {
     "threshold": "probability above which a pixel is foreground",
     "seeds": (
         "objects: what seeds one object each: both (distance to the mask's edge + 8 x centre map), distance, centre, "
-        "contact (mask x (1 - contact map), 3-channel weights)"
+        "contact (mask x (1 - contact map), 3-channel weights), star (star-convex polygons, weights with rays)"
     ),
-    "seed_threshold": "objects, contact seeds: the mask x (1 - contact map) level above which a region seeds an object",
+    "seed_threshold": (
+        "objects, contact seeds: the mask x (1 - contact map) level above which a region seeds an object; star seeds: "
+        "the centre-map level above which a pixel proposes a polygon"
+    ),
+    "rays": "objects: the weights' star-convex distance channels (0: none; 32 for star seeds, out_channels 2 + rays)",
+    "nms_threshold": "objects, star seeds: the overlap above which the less probable of two polygons is dropped",
     "seed_h": "objects: how much a peak of the seed landscape must rise to seed an object (higher splits less)",
     "seed_sigma": "objects: Gaussian smoothing (pixels) of the seed landscape",
     "min_object_size": "objects: drop objects (and their mask pixels) under this many pixels (0 keeps all)",

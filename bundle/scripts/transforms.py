@@ -13,6 +13,7 @@ from monai.visualize import blend_images
 
 from scripts import as_bool
 from scripts.instances import (
+    STAR_SCALE,
     components,
     instances_from_probabilities,
     object_targets,
@@ -37,7 +38,8 @@ class LabelTargetsd(MapTransform):
     ``objects=False``, or an instance ``method`` other than ``"nuclei"`` (see :class:`Instancesd`: EM neurons and
     mitochondria train on the mask alone): the binary mask ``(1, *spatial)``. ``objects=True`` with ``"nuclei"``:
     ``(2, *spatial)``, the object mask and the centre map of :func:`scripts.instances.object_targets` (a mask is
-    taken as its connected components); with ``contact``, ``(3, *spatial)``: the contact map as channel 2.
+    taken as its connected components); with ``contact``, ``(3, *spatial)``: the contact map as channel 2; with
+    ``rays`` (2D), ``(2 + rays, *spatial)``: the star-convex distances as channels ``2..``.
     ``instances_key``: also keep the instance ids ``(1, *spatial)`` under that key (for object scores).
     """
 
@@ -48,10 +50,12 @@ class LabelTargetsd(MapTransform):
         instances_key: str | None = None,
         method: str = "nuclei",
         contact: bool | str = False,
+        rays: int = 0,
     ) -> None:
         super().__init__(keys)
         self.objects = as_bool(objects) and method == "nuclei"
         self.contact = as_bool(contact)
+        self.rays = int(rays)
         self.instances_key = instances_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -61,7 +65,7 @@ class LabelTargetsd(MapTransform):
             if self.instances_key is not None:
                 d[self.instances_key] = label.clone()
             if self.objects:
-                d[key] = _as_meta(object_targets(label[0].detach().cpu().numpy(), self.contact), label)
+                d[key] = _as_meta(object_targets(label[0].detach().cpu().numpy(), self.contact, self.rays), label)
             else:
                 d[key] = (label >= 0.5).to(torch.float32)
         return d
@@ -73,7 +77,9 @@ class Instancesd(MapTransform):
 
     - ``"nuclei"``: probabilities ``(2, *spatial)`` (object mask, centre map) or ``(3, *spatial)`` (and contact
       map), seeded watershed (:func:`scripts.instances.instances_from_probabilities` with ``seeds``, ``h``,
-      ``sigma``, ``seed_threshold``); ``keys`` keeps only the mask channel;
+      ``sigma``, ``seed_threshold``); with ``seeds="star"``, ``(2 + rays, *spatial)`` (object mask, centre map,
+      star-convex distances over :data:`scripts.instances.STAR_SCALE`, ``nms_threshold``); ``keys`` keeps only the
+      mask channel;
     - ``"neurons"``: a membrane probability ``(1, H, W[, D])``, one id per region between membranes, section by
       section along the last axis (:func:`scripts.instances.segments_from_boundaries` with ``sigma``, ``h``,
       ``merge_threshold``); ``keys`` unchanged;
@@ -100,6 +106,7 @@ class Instancesd(MapTransform):
         merge_threshold: float = 0.7,
         seed_threshold: float = 0.5,
         erode: int = 0,
+        nms_threshold: float = 0.4,
     ) -> None:
         super().__init__(keys)
         if method not in self.METHODS:
@@ -107,7 +114,7 @@ class Instancesd(MapTransform):
         self.instances_key = instances_key
         self.method = method
         self.params = {"threshold": threshold, "seeds": seeds, "h": h, "sigma": sigma, "min_size": min_size}
-        self.params.update(centre_weight=centre_weight, seed_threshold=seed_threshold)
+        self.params.update(centre_weight=centre_weight, seed_threshold=seed_threshold, nms_threshold=nms_threshold)
         self.merge_threshold = merge_threshold
         self.erode = int(erode) if method == "components" else 0  # pixels of context the objects need around them
 
@@ -116,10 +123,14 @@ class Instancesd(MapTransform):
             needs, ok = "1 channel", p.shape[0] == 1
         elif self.params["seeds"] == "contact":
             needs, ok = "3 channels (object mask, centre map, contact map)", p.shape[0] == 3
+        elif self.params["seeds"] == "star":
+            needs, ok = "2 + rays channels (object mask, centre map, rays >= 4 distances)", p.shape[0] >= 6
         else:
             needs, ok = "2 or 3 channels (object mask, centre map[, contact map])", p.shape[0] in (2, 3)
         if not ok:
             raise ValueError(f"Instancesd ({self.method}): {key!r} needs {needs}, got {p.shape[0]}.")
+        if self.method == "nuclei" and self.params["seeds"] == "star":
+            return instances_from_probabilities(p[0], p[1], distances=p[2:] * STAR_SCALE, **self.params)
         if self.method == "nuclei":
             contact = p[2] if p.shape[0] == 3 else None
             return instances_from_probabilities(p[0], p[1], contact_prob=contact, **self.params)
