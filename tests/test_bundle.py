@@ -325,7 +325,9 @@ def test_star_convex_objects_train_and_segment(tmp_path):
     their polygons (``--seeds star``): one id per object, whose union is the mask."""
     from tools.add_output_channel import main as add_output_channel
 
-    init = add_output_channel(str(BUNDLE / "models" / "model.pt"), str(tmp_path / "init.pt"), 18, new_bias=-3.4)
+    init = add_output_channel(
+        str(BUNDLE / "models" / "model.pt"), str(tmp_path / "init.pt"), 18, new_bias=-3.4, rays=16
+    )
     star = ["--rays", "16", "--network_def#out_channels", "18", "--seeds", "star"]
     models = tmp_path / "models"
     run_bundle(

@@ -248,3 +248,24 @@ def test_state_dict_config_reads_the_arguments_back(spatial_dims, channels):
     R2AttUNet(config["spatial_dims"], config["in_channels"], config["out_channels"], channels=config["channels"])
     assert f"channels={list(channels)}" in describe_state_dict(state)
     assert state_dict_config({"conv.weight": torch.zeros(1)}) is None
+    if spatial_dims == 2:  # a ray head (star-convex distances) is read back too
+        rays = state_dict_config(R2AttUNet(2, 2, 11, channels=channels, rays=8, ray_channels=16).state_dict())
+        assert rays["out_channels"] == 11 and rays["rays"] == 8 and rays["ray_channels"] == 16
+
+
+def test_ray_head_outputs_the_last_channels_and_scripts():
+    torch.manual_seed(0)
+    net = R2AttUNet(2, 1, 10, channels=(4, 8, 16), rays=8, ray_channels=12).eval()
+    x = torch.rand(2, 1, 32, 48)
+    with torch.no_grad():
+        out = net(x)
+        assert out.shape == (2, 10, 32, 48)
+        seen = []
+        hook = net.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        net(x)
+        hook.remove()
+        assert torch.equal(out[:, :2], net.head(seen[0])) and torch.equal(out[:, 2:], net.ray_head(seen[0]))
+        assert torch.allclose(torch.jit.script(net)(x), out)
+    assert net.head.conv.out_channels == 2 and net.ray_head[1].conv.out_channels == 8
+    with pytest.raises(ValueError, match="rays must leave"):
+        R2AttUNet(2, 1, 8, channels=(4, 8, 16), rays=8)

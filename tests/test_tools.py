@@ -1,5 +1,6 @@
 """Research tools outside the bundle (tools/): weight averaging, output channels, the objects sweep."""
 
+import pytest
 import torch
 
 from scripts.networks import R2AttUNet
@@ -34,6 +35,25 @@ def test_add_output_channels_keeps_the_trained_ones():
     net.load_state_dict(new)  # fits the wider network
     assert torch.equal(new["head.conv.weight"][:1], old["head.conv.weight"])
     assert all(torch.equal(new[k], old[k]) for k in old if not k.startswith("head."))
+
+
+def test_add_output_channels_with_a_ray_head_keeps_the_trained_outputs():
+    from tools.add_output_channel import add_output_channels
+
+    torch.manual_seed(0)
+    trained = R2AttUNet(2, 1, 2, channels=(4, 8, 16)).eval()
+    new = add_output_channels(trained.state_dict(), out_channels=10, rays=8, new_bias=-3.4)
+    net = R2AttUNet(2, 1, 10, channels=(4, 8, 16), rays=8).eval()
+    net.load_state_dict(new)
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        out = net(x)
+        assert torch.equal(out[:, :2], trained(x))  # the trained channels give what they gave
+    assert torch.allclose(out[:, 2:], torch.full_like(out[:, 2:], -3.4))  # the rays start at the bias everywhere
+    with pytest.raises(ValueError, match="already have a ray head"):
+        add_output_channels(new, out_channels=10, rays=8)
+    with pytest.raises(ValueError, match="drop trained channels"):
+        add_output_channels(trained.state_dict(), out_channels=9, rays=8)
 
 
 def test_network_weights_reads_the_weight_average_of_a_training_checkpoint(tmp_path):

@@ -3,9 +3,11 @@ convolution (``head``) keeps its channels and gets new ones from a fresh network
 how the 0.7 objects model (nucleus mask + centre map) started from the 0.6 pixel model's weights.
 
 ``python -m tools.add_output_channel --weights OLD.pt --out NEW.pt [--out_channels 2] [--new_bias B]``, then
-``monai.bundle run ... --finetune true --finetune_model_path NEW.pt``. ``--new_bias`` starts the new channels'
-logits at ``B`` instead (e.g. star-convex distances near a typical nucleus radius: ``logit(8 / STAR_SCALE)`` = -3.4,
-so that the first steps' distance errors stay small and do not upset the trained channels).
+``monai.bundle run ... --finetune true --finetune_model_path NEW.pt``. ``--rays R`` (with ``--out_channels 2 + R``)
+adds a ray head for star-convex distances instead (:class:`scripts.networks.R2AttUNet` ``rays``). ``--new_bias``
+starts the new channels' logits at ``B`` (with ``--rays``, everywhere: the ray head's last layer starts at zero), e.g.
+star-convex distances near a typical nucleus radius, ``logit(8 / STAR_SCALE)`` = -3.4, so that the first steps'
+distance errors stay small and do not upset the trained channels.
 """
 
 from __future__ import annotations
@@ -18,30 +20,44 @@ from scripts.networks import R2AttUNet, state_dict_config
 
 
 def add_output_channels(
-    state: dict, out_channels: int = 2, seed: int = 0, new_bias: float | None = None, **network: object
+    state: dict, out_channels: int = 2, seed: int = 0, new_bias: float | None = None, rays: int = 0, **network: object
 ) -> dict:
-    """``state`` with ``head.conv.weight``/``bias`` widened to ``out_channels`` (the existing channels first; the new
-    ones' bias ``new_bias`` where given)."""
+    """``state`` with ``out_channels`` outputs: ``head.conv.weight``/``bias`` widened (the existing channels first),
+    or with ``rays`` a fresh ray head (``ray_head.*``) for the last ``rays`` channels beside the unchanged ``head``;
+    the new channels' bias ``new_bias`` where given."""
     torch.manual_seed(seed)
     config = state_dict_config(state)
     if config is None:
         raise ValueError("the weights are not an R2AttUNet's")
+    if config.get("rays"):
+        raise ValueError(f"the weights already have a ray head ({config['rays']} rays)")
+    kept = out_channels - rays
+    if kept < config["out_channels"]:
+        raise ValueError(f"{out_channels} outputs with {rays} rays drop trained channels ({config['out_channels']})")
     fresh = R2AttUNet(
-        config["spatial_dims"], config["in_channels"], out_channels, channels=config["channels"], **network
+        config["spatial_dims"], config["in_channels"], out_channels, channels=config["channels"], rays=rays, **network
     ).state_dict()
     for key in ("head.conv.weight", "head.conv.bias"):
         old = state[key]
         fresh[key][: old.shape[0]] = old
+    bias = "ray_head.1.conv.bias" if rays else "head.conv.bias"
     if new_bias is not None:
-        fresh["head.conv.bias"][state["head.conv.bias"].shape[0] :] = float(new_bias)
-    return {**state, "head.conv.weight": fresh["head.conv.weight"], "head.conv.bias": fresh["head.conv.bias"]}
+        fresh[bias][0 if rays else state["head.conv.bias"].shape[0] :] = float(new_bias)
+        if rays:  # the ray head's output starts at new_bias everywhere
+            fresh["ray_head.1.conv.weight"].zero_()
+    new = {k: v for k, v in fresh.items() if k.startswith(("head.", "ray_head."))}
+    return {**state, **new}
 
 
-def main(weights: str, out: str, out_channels: int = 2, seed: int = 0, new_bias: float | None = None) -> str:
+def main(
+    weights: str, out: str, out_channels: int = 2, seed: int = 0, new_bias: float | None = None, rays: int = 0
+) -> str:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     with atomic_path(out) as tmp:
-        torch.save(add_output_channels(state, out_channels, seed, new_bias), tmp)
-    print(f"{out}: {weights} with {out_channels} output channels")
+        torch.save(add_output_channels(state, out_channels, seed, new_bias, rays), tmp)
+    print(
+        f"{out}: {weights} with {out_channels} output channels" + (f", the last {rays} from a ray head" if rays else "")
+    )
     return out
 
 

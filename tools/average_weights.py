@@ -24,7 +24,7 @@ from torch.optim.swa_utils import update_bn
 
 from scripts.evaluation import ensemble_files
 from scripts.files import atomic_path
-from scripts.networks import state_dict_config
+from scripts.networks import NETWORK_KEYS, state_dict_config
 from tools import BUNDLE
 
 
@@ -71,7 +71,7 @@ def main(
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(Path(dataset_dir).resolve()), "num_workers": 0})
-    parser["network_def"].update({k: config[k] for k in ("in_channels", "out_channels", "channels")})
+    parser["network_def"].update({k: v for k, v in config.items() if k in NETWORK_KEYS})
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(state)
     loader = parser.get_parsed_content("train#dataloader")

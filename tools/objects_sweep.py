@@ -34,9 +34,15 @@ from PIL import Image
 
 from scripts.data import load_datalist
 from scripts.files import reverse_axes, write_json_atomic
-from scripts.instances import STAR_SCALE, as_instances, instances_from_probabilities, segments_from_boundaries
+from scripts.instances import (
+    STAR_SCALE,
+    as_instances,
+    instances_from_probabilities,
+    ray_order,
+    segments_from_boundaries,
+)
 from scripts.metrics import matching_ratios, pooled_rand_info, region_pairs
-from scripts.networks import state_dict_config
+from scripts.networks import NETWORK_KEYS, state_dict_config
 from tools import BUNDLE
 
 MODELS_DIR = str(BUNDLE / "models")
@@ -54,7 +60,7 @@ def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ens
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(Path(ckpt_dir).resolve()), "ensemble": ensemble})
-    parser["network_def"].update({k: config[k] for k in ("in_channels", "out_channels", "channels")})
+    parser["network_def"].update({k: v for k, v in config.items() if k in NETWORK_KEYS})
     network = parser.get_parsed_content("network")
     members = parser.get_parsed_content("ensemble_networks") if ensemble else None
     if not ensemble:
@@ -71,6 +77,8 @@ def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ens
             prob = torch.stack([torch.sigmoid(inferer(image, n)[0].float()) for n in nets]).mean(0)
         true = as_instances(np.asarray(Image.open(it["label"])))
         prob = reverse_axes(prob.numpy(), leading=1)  # PILReader's (X, Y) back to the file's (Y, X)
+        if len(prob) > 3:  # star-convex distances: the transpose moves the rays too
+            prob[2:] = prob[2:][ray_order(len(prob) - 2, transposed=True)]
         results.append({"id": it.get("id", it["image"]), "group": it.get("group", "all"), "prob": prob, "true": true})
     return results
 

@@ -32,6 +32,7 @@ __all__ = [
     "DecoderLevel",
     "R2AttUNet",
     "state_dict_config",
+    "NETWORK_KEYS",
     "describe_state_dict",
     "mismatch_message",
     "inflate_state_dict",
@@ -299,6 +300,10 @@ class R2AttUNet(nn.Module):
         axes_order: order of the spatial axes of the input: ``"xyz"``, MONAI's readers' ``(X, Y[, Z])``, which the
             bundle's weights learnt, or ``"zyx"``, numpy's ``([Z,] Y, X)`` (tifffile, napari, bioimage.io): the
             network reverses them in and out, so the same weights give the same result on either.
+        rays: the last ``rays`` of the ``out_channels`` are star-convex distances (StarDist,
+            :func:`scripts.instances.star_distances`), computed by their own head as in StarDist: a 3x3 convolution
+            to ``ray_channels`` features with ReLU, then a 1x1 convolution; the other channels keep the 1x1 ``head``.
+        ray_channels: the ray head's features (StarDist's ``net_conv_after_unet``, 128).
 
     Input ``(B, in_channels, *spatial)`` with every spatial size divisible by the product of its strides
     (16 for the default 4 poolings); output ``(B, out_channels, *spatial)`` logits.
@@ -320,6 +325,8 @@ class R2AttUNet(nn.Module):
         memory_saving: bool = False,
         kernel_size: int | Sequence[int | Sequence[int]] = 3,
         axes_order: str = "xyz",
+        rays: int = 0,
+        ray_channels: int = 128,
     ) -> None:
         super().__init__()
         if spatial_dims not in (1, 2, 3):
@@ -381,7 +388,16 @@ class R2AttUNet(nn.Module):
                 )
             )
         self.decoder = nn.ModuleList(decoder)
-        self.head = Convolution(spatial_dims, channels[0], out_channels, kernel_size=1, conv_only=True)
+        self.rays = int(rays)
+        if not 0 <= self.rays < out_channels:
+            raise ValueError(f"rays must leave at least one of the {out_channels} output channels, got {rays}.")
+        self.head = Convolution(spatial_dims, channels[0], out_channels - self.rays, kernel_size=1, conv_only=True)
+        self.ray_head = None
+        if self.rays:
+            self.ray_head = nn.Sequential(
+                Convolution(spatial_dims, channels[0], int(ray_channels), kernel_size=3, act="RELU", norm=None),
+                Convolution(spatial_dims, int(ray_channels), self.rays, kernel_size=1, conv_only=True),
+            )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -408,7 +424,9 @@ class R2AttUNet(nn.Module):
         n = len(skips)
         for i, level in enumerate(self.decoder):
             x = level(x, skips[n - 2 - i])
-        return self.head(x)
+        if self.ray_head is None:
+            return self.head(x)
+        return torch.cat([self.head(x), self.ray_head(x)], dim=1)
 
 
 def _fold_pair(conv: nn.Module, bn: nn.Module) -> nn.Module | None:
@@ -463,10 +481,14 @@ def load_weights(
     return fold_batch_norm(network) if fold else network
 
 
+# the network_def arguments that :func:`state_dict_config` reads back from weights (a config's network_def takes them)
+NETWORK_KEYS = ("in_channels", "out_channels", "channels", "rays", "ray_channels")
+
+
 def state_dict_config(state: dict) -> dict | None:
     """The :class:`R2AttUNet` arguments that produced a ``state_dict``: ``spatial_dims``, ``in_channels``,
-    ``out_channels``, ``channels`` (per level) and ``gated`` (the number of depths with an attention gate); ``None``
-    when ``state`` is not an R2AttUNet's."""
+    ``out_channels``, ``channels`` (per level) and ``gated`` (the number of depths with an attention gate), and with
+    a ray head ``rays`` and ``ray_channels``; ``None`` when ``state`` is not an R2AttUNet's."""
     levels = sorted({int(k.split(".")[1]) for k in state if k.startswith("encoder.")})
     if not levels or "head.conv.weight" not in state:
         return None
@@ -478,13 +500,18 @@ def state_dict_config(state: dict) -> dict | None:
         channels.append(int(weights[0].shape[0]))
     first = [v for k, v in state.items() if k.startswith("encoder.0.") and k.endswith("conv.weight")][0]
     gated = sum(1 for k in state if k.startswith("decoder.") and k.endswith("gate.psi.0.conv.weight"))
-    return {
+    config = {
         "spatial_dims": head.ndim - 2,
         "in_channels": int(first.shape[1]),
         "out_channels": int(head.shape[0]),
         "channels": channels,
         "gated": gated,
     }
+    if "ray_head.1.conv.weight" in state:
+        rays = int(state["ray_head.1.conv.weight"].shape[0])
+        config.update(out_channels=config["out_channels"] + rays, rays=rays)
+        config["ray_channels"] = int(state["ray_head.0.conv.weight"].shape[0])
+    return config
 
 
 def describe_state_dict(state: dict) -> str:
