@@ -100,14 +100,15 @@ def test_objects_sweep_scores_star_seeds():
     """Star-convex channels (``2 + rays``): the sweep splits touching discs by their polygons."""
     import numpy as np
 
-    from scripts.instances import object_targets
+    from scripts.instances import STAR_SCALE, object_targets
     from tools.objects_sweep import score
 
     yy, xx = np.mgrid[:40, :60]
     true = np.zeros((40, 60), np.int32)
     true[(yy - 20) ** 2 + (xx - 20) ** 2 < 100] = 1
     true[((yy - 20) ** 2 + (xx - 38) ** 2 < 100) & (true == 0)] = 2
-    results = [{"id": "a", "group": "fluorescence", "prob": object_targets(true, rays=32), "true": true}]
+    prob = object_targets(true, rays=32)
+    results = [{"id": "a", "group": "fluorescence", "prob": prob, "true": true, "distances": prob[2:] * STAR_SCALE}]
     assert score(results, components=True)["all"]["iou50"] == 0.5
     split = score(results, seeds="star", seed_threshold=0.5, nms_threshold=0.4, sigma=1.0, min_size=5)
     assert split["all"]["iou50"] == 1.0 and split["all"]["dsb"] > 0.8

@@ -49,8 +49,9 @@ MODELS_DIR = str(BUNDLE / "models")
 
 
 def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool) -> list[dict]:
-    """``[{"id", "group", "prob" (C, Y, X), "true" (Y, X) instance ids}]`` for the first ``limit`` items of ``key``
-    (``C`` 2: mask, centre map; 3: and the contact map; ``2 + rays``: and star-convex distances), from a network
+    """``[{"id", "group", "prob" (C, Y, X), "true" (Y, X) instance ids, "distances"}]`` for the first ``limit`` items
+    of ``key`` (``C`` 2: mask, centre map; 3: and the contact map; ``2 + rays``: and star-convex distances, also as
+    ``"distances"`` ``(rays, Y, X)`` in pixels, else ``None``), from a network
     built as the weights in ``ckpt_dir`` need (output channels and channels per level, e.g. a wider network than
     ``inference.json``'s)."""
     state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
@@ -79,7 +80,10 @@ def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ens
         prob = reverse_axes(prob.numpy(), leading=1)  # PILReader's (X, Y) back to the file's (Y, X)
         if len(prob) > 3:  # star-convex distances: the transpose moves the rays too
             prob[2:] = prob[2:][ray_order(len(prob) - 2, transposed=True)]
-        results.append({"id": it.get("id", it["image"]), "group": it.get("group", "all"), "prob": prob, "true": true})
+        # star-convex distances in pixels, once for every setting that score() compares
+        distances = prob[2:] * STAR_SCALE if len(prob) > 3 else None
+        result = {"id": it.get("id", it["image"]), "group": it.get("group", "all"), "prob": prob, "true": true}
+        results.append({**result, "distances": distances})
     return results
 
 
@@ -90,7 +94,7 @@ def score(results: list[dict], components: bool = False, **params) -> dict:
     for r in results:
         centre = None if components else r["prob"][1]
         contact = r["prob"][2] if len(r["prob"]) == 3 and not components else None
-        distances = r["prob"][2:] * STAR_SCALE if len(r["prob"]) > 3 and not components else None
+        distances = None if components else r.get("distances")
         pred = instances_from_probabilities(r["prob"][0], centre, contact_prob=contact, distances=distances, **params)
         ratios = matching_ratios(pred, r["true"])["ratio"]
         per_group.setdefault("all", []).append(ratios)

@@ -206,24 +206,33 @@ class _FlipNetwork:
         self.symmetries = symmetries
         self.swap = swap
         self.rays = int(rays)
+        # per symmetry, the ray permutation that maps its output back (None: no rays, or the identity)
+        self._orders = [
+            (
+                ray_order(self.rays, transposed, tuple(d - 2 for d in flipped))
+                if self.rays and (transposed or flipped)
+                else None
+            )
+            for transposed, flipped in symmetries
+        ]
 
-    def _rays_back(self, y: torch.Tensor, transposed: bool, flipped: tuple[int, ...]) -> torch.Tensor:
-        """``y`` with its last :attr:`rays` channels (star-convex distances) reordered to the original image's rays."""
-        if not self.rays or not (transposed or flipped):
+    def _rays_back(self, y: torch.Tensor, order: np.ndarray | None) -> torch.Tensor:
+        """``y`` with its last :attr:`rays` channels (star-convex distances) put in the original image's ray order."""
+        if order is None:
             return y
-        order = ray_order(self.rays, transposed, tuple(d - 2 for d in flipped)) + (y.shape[1] - self.rays)
-        index = torch.as_tensor(np.concatenate([np.arange(y.shape[1] - self.rays), order]), device=y.device)
+        other = y.shape[1] - self.rays
+        index = torch.as_tensor(np.concatenate([np.arange(other), order + other]), device=y.device)
         return y.index_select(1, index)
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         total = None
-        for transposed, flipped in self.symmetries:
+        for (transposed, flipped), order in zip(self.symmetries, self._orders, strict=True):
             xi = x.transpose(*self.swap) if transposed else x
             xi = xi.flip(flipped) if flipped else xi
             y = self.network(xi, *args, **kwargs)
             y = y.flip(flipped) if flipped else y
             y = y.transpose(*self.swap) if transposed else y
-            y = self._rays_back(y, transposed, flipped)
+            y = self._rays_back(y, order)
             total = y if total is None else total + y
         return total / len(self.symmetries)
 

@@ -218,9 +218,8 @@ def instances_from_probabilities(
     if seeds not in ("centre", "distance", "both", "contact", "star"):
         raise ValueError(f"seeds must be 'centre', 'distance', 'both', 'contact' or 'star', got {seeds!r}.")
     foreground = np.asarray(mask_prob) >= threshold
-    needed = {"centre": centre_prob, "both": centre_prob, "contact": contact_prob}.get(seeds, foreground)
-    if seeds == "star":
-        needed = None if centre_prob is None else distances
+    star = None if centre_prob is None else distances
+    needed = {"centre": centre_prob, "both": centre_prob, "contact": contact_prob, "star": star}.get(seeds, foreground)
     if not foreground.any() or needed is None:
         instances = connected_components(foreground).astype(np.int32)
     else:
