@@ -353,6 +353,14 @@ def test_star_convex_objects_train_and_segment(tmp_path):
     )
     config = state_dict_config(torch.load(models / "model.pt", weights_only=True))
     assert config["out_channels"] == 18 and config["rays"] == 16
+    # the training Dice is the mask's (the shipped mask channel scores ~0.9 on the sample), not a mean over the
+    # centre map and ray channels too (0.04 before 0.12.1)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [EventAccumulator(str(f)).Reload() for f in (tmp_path / "runs").glob("events.out.tfevents.*")]
+    tagged = [acc for acc in events if "train_mean_dice" in acc.Tags()["scalars"]]
+    train_dice = [e.value for acc in tagged for e in acc.Scalars("train_mean_dice")]
+    assert len(train_dice) == 1 and train_dice[0] > 0.7
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted((SAMPLE / "images").glob("*.png"))[:3]:

@@ -64,3 +64,23 @@ def test_object_counts_and_f1_hand_computed():
     # DSB2018: TP/(TP+FP+FN) is 1/4 at thresholds below IoU 0.75, 0 from 0.75 up (5 of the 10 thresholds)
     assert matching_ratios(pred, true)["ratio"][:5] == pytest.approx([0.25] * 5)
     assert dsb_score(pred, true) == pytest.approx(0.125)
+
+
+def test_masks_from_engine_scores_the_mask_channel_of_object_outputs():
+    """Nuclei object models' trainer outputs hold centre/contact/ray channels after the mask: Dice sees the mask."""
+    import torch
+
+    from scripts.evaluation import masks_from_engine
+
+    output = [{"pred": torch.rand(34, 4, 4), "label": torch.rand(34, 4, 4)} for _ in range(2)]
+    preds, labels = masks_from_engine(objects=True)(output)
+    assert [p.shape for p in preds + labels] == [(1, 4, 4)] * 4
+    assert torch.equal(preds[1], output[1]["pred"][:1]) and torch.equal(labels[0], output[0]["label"][:1])
+    # a mask alone (the evaluators' outputs), masks without objects and EM methods keep every channel
+    assert (
+        masks_from_engine(objects=True)([{"pred": torch.ones(1, 2, 2), "label": torch.ones(1, 2, 2)}])[0][0].shape[0]
+        == 1
+    )
+    for objects, method in ((False, "nuclei"), (True, "neurons")):
+        preds, _ = masks_from_engine(objects=objects, method=method)(output)
+        assert preds[0].shape[0] == 34

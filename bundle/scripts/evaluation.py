@@ -53,6 +53,23 @@ def pixel_pairs(pred_key: str = "prob", label_key: str = "label") -> Callable[[S
     return _transform
 
 
+def masks_from_engine(
+    objects: bool | str = False, method: str = "nuclei", keys: Sequence[str] = ("pred", "label")
+) -> Callable[[Sequence[dict]], list]:
+    """Output transform of the Dice metrics: ``keys`` of the engine's decollated output, as ``from_engine`` gives
+    them. With ``objects`` and the ``"nuclei"`` method, each ``(C, *spatial)`` tensor is cut to its first channel, the
+    mask: the trainer's outputs and targets hold the centre map, contact map or star-convex distances after it,
+    which a Dice of the segmentation must not average in (the evaluators' outputs hold the mask alone already)."""
+    select = from_engine(list(keys))
+    if not (as_bool(objects) and method == "nuclei"):
+        return select
+
+    def _transform(output: Sequence[dict]) -> list:
+        return [[t[:1] for t in values] for values in select(output)]
+
+    return _transform
+
+
 def complement(keys: Sequence[str] = ("pred", "label")) -> Callable[[Sequence[dict]], list]:
     """Output transform giving ``1 - x`` for each key of the decollated output, so that a metric of a binary
     segmentation's foreground scores its other class (e.g. the cell interior of a membrane segmentation)."""
