@@ -19,6 +19,7 @@ from monai.transforms import Activationsd, Compose, CopyItemsd, MeanEnsembled
 from scripts import as_bool
 from scripts.metrics import DSB_THRESHOLDS, matching_ratios, rand_info_scores
 from scripts.networks import load_weights
+from scripts.transforms import has_object_targets
 
 __all__ = [
     "pixel_pairs",
@@ -57,11 +58,12 @@ def masks_from_engine(
     objects: bool | str = False, method: str = "nuclei", keys: Sequence[str] = ("pred", "label")
 ) -> Callable[[Sequence[dict]], list]:
     """Output transform of the Dice metrics: ``keys`` of the engine's decollated output, as ``from_engine`` gives
-    them. With ``objects`` and the ``"nuclei"`` method, each ``(C, *spatial)`` tensor is cut to its first channel, the
-    mask: the trainer's outputs and targets hold the centre map, contact map or star-convex distances after it,
-    which a Dice of the segmentation must not average in (the evaluators' outputs hold the mask alone already)."""
+    them. Where ``objects`` and ``method`` give object targets (:func:`scripts.transforms.has_object_targets`), each
+    ``(C, *spatial)`` tensor is cut to its first channel, the mask: the trainer's outputs and targets hold the centre
+    map, contact map or star-convex distances after it, which a Dice of the segmentation must not average in (the
+    evaluators' outputs hold the mask alone already)."""
     select = from_engine(list(keys))
-    if not (as_bool(objects) and method == "nuclei"):
+    if not has_object_targets(objects, method):
         return select
 
     def _transform(output: Sequence[dict]) -> list:

@@ -21,7 +21,15 @@ from scripts.instances import (
     segments_from_boundaries,
 )
 
-__all__ = ["Overlayd", "LabelTargetsd", "Instancesd", "RandStainGrayd", "LUMINANCE", "instance_transform"]
+__all__ = [
+    "Overlayd",
+    "LabelTargetsd",
+    "has_object_targets",
+    "Instancesd",
+    "RandStainGrayd",
+    "LUMINANCE",
+    "instance_transform",
+]
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's "L" conversion
 
@@ -30,6 +38,12 @@ def _as_meta(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """``array`` as a float32 tensor with the metadata (file name, geometry) of ``like``, on its device."""
     tensor = torch.as_tensor(array, dtype=torch.float32, device=like.device)
     return MetaTensor(tensor, meta=dict(like.meta)) if isinstance(like, MetaTensor) else tensor
+
+
+def has_object_targets(objects: bool | str, method: str = "nuclei") -> bool:
+    """Whether :class:`LabelTargetsd` with ``objects`` and ``method`` adds object channels (centre map, contact map,
+    star-convex distances) after the mask: only for nuclei objects."""
+    return as_bool(objects) and method == "nuclei"
 
 
 class LabelTargetsd(MapTransform):
@@ -53,7 +67,7 @@ class LabelTargetsd(MapTransform):
         rays: int = 0,
     ) -> None:
         super().__init__(keys)
-        self.objects = as_bool(objects) and method == "nuclei"
+        self.objects = has_object_targets(objects, method)
         self.contact = as_bool(contact)
         self.rays = int(rays)
         self.instances_key = instances_key
