@@ -27,7 +27,16 @@ from scripts.instances import (
     star_distances,
     star_objects,
 )
-from scripts.metrics import DSB_THRESHOLDS, matching_ratios, pooled_rand_info, rand_info_scores, region_pairs
+from scripts.metrics import (
+    DSB_THRESHOLDS,
+    info_split_merge,
+    matching_ratios,
+    pool_pairs,
+    pooled_rand_info,
+    rand_info_from_pairs,
+    rand_info_scores,
+    region_pairs,
+)
 from scripts.transforms import Instancesd, LabelTargetsd, Overlayd
 from scripts.writers import AtomicStackWriter, SaveObjectsd
 
@@ -380,6 +389,27 @@ def test_rand_info_scores_hand_computed():
     pairs = [region_pairs(segments, membrane, segments=True), region_pairs(membrane, membrane)]
     pooled = pooled_rand_info(pairs)
     assert rand_info_scores(segments, membrane, True)[0] < pooled[0] < 1
+
+
+def test_info_split_merge_hand_computed():
+    membrane = _two_cells()
+    # a merge (one segment over both cells): I = 0, H(S) = 0, so the split term is 1 and the merge term 0
+    assert info_split_merge(region_pairs(np.ones((3, 7), int), membrane, segments=True)) == (1.0, 0.0)
+    # a split of the left cell (3 + 6 pixels), the right one exact: no merge, H(S) > H(T) = log 2
+    segments = np.zeros((3, 7), int)
+    segments[:, 0], segments[:, 1:3], segments[:, 4:] = 1, 2, 3
+    pairs = region_pairs(segments, membrane, segments=True)
+    split, merge = info_split_merge(pairs)
+    s = np.array([3, 6, 9]) / 18
+    assert merge == pytest.approx(1.0) and split == pytest.approx(np.log(2) / -(s * np.log(s)).sum())
+    # V_info is their harmonic mean, pooled or not
+    v_info = rand_info_from_pairs(pairs)[1]
+    assert v_info == pytest.approx(2 / (1 / split + 1 / merge))
+    exact = region_pairs(membrane, membrane)
+    pooled = pool_pairs([pairs, exact])
+    assert pooled.shape[1] == pairs.shape[1] + exact.shape[1]
+    assert rand_info_from_pairs(pooled) == pooled_rand_info([pairs, exact])
+    assert info_split_merge(pooled)[1] == pytest.approx(1.0) and split < info_split_merge(pooled)[0] < 1
 
 
 def test_rand_score_equals_scikit_image_adapted_rand_on_random_segments():

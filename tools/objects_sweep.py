@@ -41,7 +41,7 @@ from scripts.instances import (
     ray_order,
     segments_from_boundaries,
 )
-from scripts.metrics import matching_ratios, pooled_rand_info, region_pairs
+from scripts.metrics import info_split_merge, matching_ratios, pool_pairs, pooled_rand_info, region_pairs
 from scripts.networks import NETWORK_KEYS, state_dict_config
 from tools import BUNDLE
 
@@ -138,8 +138,9 @@ def neurons(
     merge_thresholds=(0.6, 0.7, 0.75),
     min_sizes=(0, 50, 100, 200, 400, 800),
 ) -> dict:
-    """Pooled V_rand and V_info of the neuron segments, per setting, from the saved membrane probabilities of the
-    first ``limit`` items of ``key`` (the label: membranes 0, cells 255, as ``prepare isbi2012`` writes them)."""
+    """Pooled V_rand and V_info (and V_info's split and merge terms) of the neuron segments, per setting, from the saved
+    membrane probabilities of the first ``limit`` items of ``key`` (the label: membranes 0, cells 255, as ``prepare
+    isbi2012`` writes them)."""
     items = load_datalist(datalist, key)[:limit]
     probs, labels = [], []
     for it in items:
@@ -155,9 +156,19 @@ def neurons(
             for p, t in zip(probs, labels, strict=True)
         ]
         v_rand, v_info = pooled_rand_info(pairs)
+        split, merge_term = info_split_merge(pool_pairs(pairs))
         name = f"seed_sigma={sigma} seed_h={h} merge_threshold={merge} min_object_size={m}"
-        table[name] = {"images": len(items), "V_rand": float(v_rand), "V_info": float(v_info)}
-        print(f"{name:<72} V_rand {v_rand:.4f}  V_info {v_info:.4f}", flush=True)
+        table[name] = {
+            "images": len(items),
+            "V_rand": float(v_rand),
+            "V_info": float(v_info),
+            "V_info_split": float(split),
+            "V_info_merge": float(merge_term),
+        }
+        print(
+            f"{name:<72} V_rand {v_rand:.4f}  V_info {v_info:.4f} (split {split:.4f}, merge {merge_term:.4f})",
+            flush=True,
+        )
     return table
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "boundary_regions",
     "region_pairs",
     "rand_info_from_pairs",
+    "info_split_merge",
+    "pool_pairs",
     "rand_info_scores",
     "pooled_rand_info",
     "dice",
@@ -170,32 +172,59 @@ def region_pairs(pred: np.ndarray, label: np.ndarray, segments: bool = False) ->
     return np.stack([seg_pred[mask], seg_true[mask]]).astype(np.int64)
 
 
-def rand_info_from_pairs(pairs: np.ndarray) -> tuple[float, float]:
-    """``(V_rand, V_info)`` of ``(2, n)`` region pairs; pool images by concatenating their pairs with ids made
-    distinct per image (``pairs + [[offset_pred], [offset_true]]``)."""
-    if pairs.shape[1] == 0:
-        return float("nan"), float("nan")
+def _distributions(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The joint distribution ``p_ij`` of ``(2, n)`` region pairs and its marginals ``s`` (predicted), ``t`` (true)."""
+    n = float(pairs.shape[1])
     _, joint = np.unique(pairs, axis=1, return_counts=True)
     _, s = np.unique(pairs[0], return_counts=True)
     _, t = np.unique(pairs[1], return_counts=True)
-    n = float(pairs.shape[1])
-    p, s, t = joint / n, s / n, t / n
+    return joint / n, s / n, t / n
+
+
+def _entropy(p: np.ndarray) -> float:
+    return float(-(p * np.log(p)).sum())
+
+
+def rand_info_from_pairs(pairs: np.ndarray) -> tuple[float, float]:
+    """``(V_rand, V_info)`` of ``(2, n)`` region pairs; pool images by concatenating their pairs with ids made
+    distinct per image (:func:`pool_pairs`)."""
+    if pairs.shape[1] == 0:
+        return float("nan"), float("nan")
+    p, s, t = _distributions(pairs)
     v_rand = (p**2).sum() / (0.5 * (s**2).sum() + 0.5 * (t**2).sum())
-    h_s, h_t, h_st = -(s * np.log(s)).sum(), -(t * np.log(t)).sum(), -(p * np.log(p)).sum()
-    mutual = h_s + h_t - h_st
+    h_s, h_t = _entropy(s), _entropy(t)
+    mutual = h_s + h_t - _entropy(p)
     v_info = mutual / (0.5 * h_s + 0.5 * h_t) if h_s + h_t > 0 else 1.0
     return float(v_rand), float(v_info)
 
 
-def pooled_rand_info(pairs: Sequence[np.ndarray]) -> tuple[float, float]:
-    """``(V_rand, V_info)`` over several images' :func:`region_pairs`, each image's regions kept distinct."""
+def info_split_merge(pairs: np.ndarray) -> tuple[float, float]:
+    """The split and merge terms of V_info of ``(2, n)`` region pairs (Arganda-Carreras et al. 2015), ``I(S; T) /
+    H(S)`` and ``I(S; T) / H(T)`` with ``S`` the predicted and ``T`` the true regions: true regions cut into several
+    predicted ones lower the first, predicted regions spanning several true ones the second; V_info is their harmonic
+    mean. A term whose entropy is 0 is 1; NaN without pairs."""
+    if pairs.shape[1] == 0:
+        return float("nan"), float("nan")
+    p, s, t = _distributions(pairs)
+    h_s, h_t = _entropy(s), _entropy(t)
+    mutual = h_s + h_t - _entropy(p)
+    return (mutual / h_s if h_s > 0 else 1.0), (mutual / h_t if h_t > 0 else 1.0)
+
+
+def pool_pairs(pairs: Sequence[np.ndarray]) -> np.ndarray:
+    """Several images' :func:`region_pairs` as one ``(2, n)`` array, each image's region ids made distinct."""
     offset = np.zeros((2, 1), np.int64)
     shifted = []
     for pr in pairs:
         shifted.append(pr + offset)
         if pr.size:
             offset = offset + pr.max(axis=1, keepdims=True) + 1
-    return rand_info_from_pairs(np.concatenate(shifted, axis=1) if shifted else np.zeros((2, 0), np.int64))
+    return np.concatenate(shifted, axis=1) if shifted else np.zeros((2, 0), np.int64)
+
+
+def pooled_rand_info(pairs: Sequence[np.ndarray]) -> tuple[float, float]:
+    """``(V_rand, V_info)`` over several images' :func:`region_pairs`, each image's regions kept distinct."""
+    return rand_info_from_pairs(pool_pairs(pairs))
 
 
 def dice(pred: np.ndarray, label: np.ndarray) -> float:
