@@ -112,3 +112,21 @@ def test_objects_sweep_scores_star_seeds():
     assert score(results, components=True)["all"]["iou50"] == 0.5
     split = score(results, seeds="star", seed_threshold=0.5, nms_threshold=0.4, sigma=1.0, min_size=5)
     assert split["all"]["iou50"] == 1.0 and split["all"]["dsb"] > 0.8
+
+
+def test_centre_polygon_ious_measures_the_rays_alone():
+    """The true distances give polygons that cover each disc; halved, they cover a quarter of it."""
+    import numpy as np
+
+    from scripts.instances import STAR_SCALE, object_targets
+    from tools.objects_sweep import centre_polygon_ious
+
+    yy, xx = np.mgrid[:40, :60]
+    true = np.zeros((40, 60), np.int32)
+    true[(yy - 20) ** 2 + (xx - 20) ** 2 < 100] = 1
+    true[((yy - 20) ** 2 + (xx - 38) ** 2 < 100) & (true == 0)] = 2
+    distances = object_targets(true, rays=32)[2:] * STAR_SCALE
+    exact = centre_polygon_ious([{"true": true, "distances": distances}])
+    assert exact["nuclei"] == 2 and exact["mean_iou"] > 0.85 and exact["iou75"] == 1.0
+    halved = centre_polygon_ious([{"true": true, "distances": distances / 2}])
+    assert 0.15 < halved["mean_iou"] < 0.35 and halved["iou50"] == 0.0

@@ -31,6 +31,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import Dataset
 from PIL import Image
+from scipy import ndimage
 
 from scripts.data import load_datalist
 from scripts.files import reverse_axes, write_json_atomic
@@ -107,6 +108,38 @@ def score(results: list[dict], components: bool = False, **params) -> dict:
             "iou75": float(np.mean([x[5] for x in v])),
         }
         for g, v in per_group.items()
+    }
+
+
+def centre_polygon_ious(results: list[dict]) -> dict:
+    """How good the predicted rays are on their own: for every true nucleus, the IoU with it of the star-convex polygon
+    that the ``"distances"`` ``(rays, Y, X)`` give at its centre (the pixel furthest from its edge), free of the
+    candidates and the suppression that decide which polygons a decoding keeps. Returns the number of nuclei, the
+    mean IoU and the fractions at IoU 0.5 and 0.75 (the true distances of 32 rays give a mean of 0.97 on 30 DSB2018
+    training images)."""
+    from skimage.draw import polygon
+    from stardist import dist_to_coord  # the [star] extra, there wherever star-convex weights are
+
+    ious = []
+    for r in results:
+        true, distances = r["true"], r["distances"]
+        for i, box in enumerate(ndimage.find_objects(true), start=1):
+            if box is None:
+                continue
+            inside = true[box] == i
+            edt = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+            y, x = (int(c) + s.start for c, s in zip(np.unravel_index(np.argmax(edt), edt.shape), box, strict=True))
+            coord = dist_to_coord(distances[:, y, x][None], np.array([[y, x]]))[0]
+            poly = np.zeros(true.shape, bool)
+            poly[polygon(coord[0], coord[1], true.shape)] = True
+            nucleus = true == i
+            ious.append((poly & nucleus).sum() / (poly | nucleus).sum())
+    ious = np.asarray(ious, dtype=np.float64)
+    return {
+        "nuclei": int(ious.size),
+        "mean_iou": float(ious.mean()) if ious.size else float("nan"),
+        "iou50": float((ious >= 0.5).mean()) if ious.size else float("nan"),
+        "iou75": float((ious >= 0.75).mean()) if ious.size else float("nan"),
     }
 
 
@@ -213,6 +246,13 @@ def main(
         groups = "; ".join(f"{g} ({v['images']}) {v['dsb']:.3f}" for g, v in s.items() if g != "all")
         a = s["all"]
         print(f"{name:<48} DSB {a['dsb']:.4f}  IoU0.5 {a['iou50']:.4f}  IoU0.75 {a['iou75']:.4f}  | {groups}")
+    if has["star"]:
+        rays = centre_polygon_ious(results)
+        print(
+            f"polygons at the {rays['nuclei']} true centres: mean IoU {rays['mean_iou']:.3f}, at IoU 0.5 "
+            f"{rays['iou50']:.3f}, at 0.75 {rays['iou75']:.3f}"
+        )
+        table = {"polygons at the true centres": rays} | table
     if out:
         write_json_atomic(table, out, indent=2)
 
