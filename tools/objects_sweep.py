@@ -42,7 +42,7 @@ from scripts.instances import (
     ray_order,
     segments_from_boundaries,
 )
-from scripts.metrics import info_split_merge, matching_ratios, pool_pairs, pooled_rand_info, region_pairs
+from scripts.metrics import matching_ratios, pool_pairs, rand_info_terms, region_pairs
 from scripts.networks import NETWORK_KEYS, state_dict_config
 from tools import BUNDLE
 
@@ -123,17 +123,16 @@ def centre_polygon_ious(results: list[dict]) -> dict:
     ious = []
     for r in results:
         true, distances = r["true"], r["distances"]
+        areas = np.bincount(true.ravel())
         for i, box in enumerate(ndimage.find_objects(true), start=1):
             if box is None:
                 continue
-            inside = true[box] == i
-            edt = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+            edt = ndimage.distance_transform_edt(np.pad(true[box] == i, 1))[1:-1, 1:-1]
             y, x = (int(c) + s.start for c, s in zip(np.unravel_index(np.argmax(edt), edt.shape), box, strict=True))
             coord = dist_to_coord(distances[:, y, x][None], np.array([[y, x]]))[0]
-            poly = np.zeros(true.shape, bool)
-            poly[polygon(coord[0], coord[1], true.shape)] = True
-            nucleus = true == i
-            ious.append((poly & nucleus).sum() / (poly | nucleus).sum())
+            rr, cc = polygon(coord[0], coord[1], true.shape)  # the polygon's pixels, no image-sized arrays
+            inter = np.count_nonzero(true[rr, cc] == i)
+            ious.append(inter / (rr.size + areas[i] - inter))
     ious = np.asarray(ious, dtype=np.float64)
     return {
         "nuclei": int(ious.size),
@@ -188,18 +187,12 @@ def neurons(
             region_pairs(segments_from_boundaries(p, sigma, h, merge_threshold=merge, min_size=m), t, segments=True)
             for p, t in zip(probs, labels, strict=True)
         ]
-        v_rand, v_info = pooled_rand_info(pairs)
-        split, merge_term = info_split_merge(pool_pairs(pairs))
+        scores = rand_info_terms(pool_pairs(pairs))
         name = f"seed_sigma={sigma} seed_h={h} merge_threshold={merge} min_object_size={m}"
-        table[name] = {
-            "images": len(items),
-            "V_rand": float(v_rand),
-            "V_info": float(v_info),
-            "V_info_split": float(split),
-            "V_info_merge": float(merge_term),
-        }
+        table[name] = {"images": len(items)} | scores
         print(
-            f"{name:<72} V_rand {v_rand:.4f}  V_info {v_info:.4f} (split {split:.4f}, merge {merge_term:.4f})",
+            f"{name:<72} V_rand {scores['V_rand']:.4f}  V_info {scores['V_info']:.4f} "
+            f"(split {scores['V_info_split']:.4f}, merge {scores['V_info_merge']:.4f})",
             flush=True,
         )
     return table

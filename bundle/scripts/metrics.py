@@ -28,6 +28,7 @@ __all__ = [
     "object_errors",
     "boundary_regions",
     "region_pairs",
+    "rand_info_terms",
     "rand_info_from_pairs",
     "info_split_merge",
     "pool_pairs",
@@ -172,30 +173,32 @@ def region_pairs(pred: np.ndarray, label: np.ndarray, segments: bool = False) ->
     return np.stack([seg_pred[mask], seg_true[mask]]).astype(np.int64)
 
 
-def _distributions(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The joint distribution ``p_ij`` of ``(2, n)`` region pairs and its marginals ``s`` (predicted), ``t`` (true)."""
+def rand_info_terms(pairs: np.ndarray) -> dict[str, float]:
+    """``V_rand``, ``V_info`` and V_info's split and merge terms (``V_info_split``, ``V_info_merge``; see
+    :func:`info_split_merge`) of ``(2, n)`` region pairs, from one count of their joint distribution; NaN without
+    pairs."""
+    if pairs.shape[1] == 0:
+        return dict.fromkeys(("V_rand", "V_info", "V_info_split", "V_info_merge"), float("nan"))
     n = float(pairs.shape[1])
     _, joint = np.unique(pairs, axis=1, return_counts=True)
     _, s = np.unique(pairs[0], return_counts=True)
     _, t = np.unique(pairs[1], return_counts=True)
-    return joint / n, s / n, t / n
-
-
-def _entropy(p: np.ndarray) -> float:
-    return float(-(p * np.log(p)).sum())
+    p, s, t = joint / n, s / n, t / n
+    h_s, h_t, h_st = -(s * np.log(s)).sum(), -(t * np.log(t)).sum(), -(p * np.log(p)).sum()
+    mutual = h_s + h_t - h_st
+    return {
+        "V_rand": float((p**2).sum() / (0.5 * (s**2).sum() + 0.5 * (t**2).sum())),
+        "V_info": float(mutual / (0.5 * h_s + 0.5 * h_t) if h_s + h_t > 0 else 1.0),
+        "V_info_split": float(mutual / h_s if h_s > 0 else 1.0),
+        "V_info_merge": float(mutual / h_t if h_t > 0 else 1.0),
+    }
 
 
 def rand_info_from_pairs(pairs: np.ndarray) -> tuple[float, float]:
     """``(V_rand, V_info)`` of ``(2, n)`` region pairs; pool images by concatenating their pairs with ids made
     distinct per image (:func:`pool_pairs`)."""
-    if pairs.shape[1] == 0:
-        return float("nan"), float("nan")
-    p, s, t = _distributions(pairs)
-    v_rand = (p**2).sum() / (0.5 * (s**2).sum() + 0.5 * (t**2).sum())
-    h_s, h_t = _entropy(s), _entropy(t)
-    mutual = h_s + h_t - _entropy(p)
-    v_info = mutual / (0.5 * h_s + 0.5 * h_t) if h_s + h_t > 0 else 1.0
-    return float(v_rand), float(v_info)
+    scores = rand_info_terms(pairs)
+    return scores["V_rand"], scores["V_info"]
 
 
 def info_split_merge(pairs: np.ndarray) -> tuple[float, float]:
@@ -203,12 +206,8 @@ def info_split_merge(pairs: np.ndarray) -> tuple[float, float]:
     H(S)`` and ``I(S; T) / H(T)`` with ``S`` the predicted and ``T`` the true regions: true regions cut into several
     predicted ones lower the first, predicted regions spanning several true ones the second; V_info is their harmonic
     mean. A term whose entropy is 0 is 1; NaN without pairs."""
-    if pairs.shape[1] == 0:
-        return float("nan"), float("nan")
-    p, s, t = _distributions(pairs)
-    h_s, h_t = _entropy(s), _entropy(t)
-    mutual = h_s + h_t - _entropy(p)
-    return (mutual / h_s if h_s > 0 else 1.0), (mutual / h_t if h_t > 0 else 1.0)
+    scores = rand_info_terms(pairs)
+    return scores["V_info_split"], scores["V_info_merge"]
 
 
 def pool_pairs(pairs: Sequence[np.ndarray]) -> np.ndarray:
