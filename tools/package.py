@@ -44,6 +44,7 @@ WEIGHTS = (
     "models/em2d/model.pt",  # EM presets (configs/em2d.json, configs/em3d.json)
     "models/em3d/model.pt",
     "models/em2d_mito/model.pt",  # configs/em2d.json + configs/em2d_mito.json: mitochondria, 2D
+    "models/nuclei_wide/model.pt",  # nuclei candidate, channels 32..512 with a contact channel (performance.md)
     "models/model.ts",
     "models/model.onnx",
 )
