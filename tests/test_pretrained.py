@@ -16,6 +16,21 @@ from scripts.metrics import dice, matching_ratios
 pytestmark = pytest.mark.slow  # the whole module runs the bundle in subprocesses
 
 
+def _sample_scores(out_dir) -> tuple[float, dict[str, float], list]:
+    """Pooled Dice of ``<out_dir>/<stem>_seg.png`` over the sample, Dice per image (by the id's first 8 characters)
+    and each image's DSB2018 matching ratios (``matching_ratios``, IoU 0.5..0.95) of ``<stem>_instances.png``."""
+    preds, labels, per_image, ratios = [], [], {}, []
+    for label_file in sorted((SAMPLE / "labels").glob("*.png")):
+        label = np.asarray(Image.open(label_file))
+        labels.append(label > 0)
+        preds.append(np.asarray(Image.open(out_dir / f"{label_file.stem}_seg.png")) > 0)
+        per_image[label_file.stem[:8]] = dice(preds[-1], labels[-1])
+        instances = np.asarray(Image.open(out_dir / f"{label_file.stem}_instances.png"))
+        ratios.append(matching_ratios(instances, label)["ratio"])
+    pooled = dice(np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() for t in labels]))
+    return pooled, per_image, ratios
+
+
 def test_shipped_weights_match_network_def():
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
@@ -42,20 +57,9 @@ def test_shipped_weights_segment_the_sample(tmp_path, ensemble, pooled_min, imag
         "--ensemble",
         ensemble,
     )
-    preds, labels, per_image = [], [], {}
-    for label_file in sorted((SAMPLE / "labels").glob("*.png")):
-        labels.append(np.asarray(Image.open(label_file)) > 0)
-        preds.append(np.asarray(Image.open(tmp_path / f"{label_file.stem}_seg.png")) > 0)
-        per_image[label_file.stem[:8]] = dice(preds[-1], labels[-1])
-    pooled = dice(np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() for t in labels]))
+    pooled, per_image, ratios = _sample_scores(tmp_path)
     assert pooled >= pooled_min, (pooled, per_image)
     # objects: one id per nucleus, scored like DSB2018 (measured with model.pt: DSB score 0.483, 0.700 at IoU 0.5)
-    ratios = [
-        matching_ratios(np.asarray(Image.open(tmp_path / f"{f.stem}_instances.png")), np.asarray(Image.open(f)))[
-            "ratio"
-        ]
-        for f in sorted((SAMPLE / "labels").glob("*.png"))
-    ]
     assert np.mean(ratios) >= 0.43 and np.mean([r[0] for r in ratios]) >= 0.63, np.mean(ratios, axis=0)
     assert min(per_image.values()) >= image_min, per_image  # weakest: f29fd9c5, 1272x603 fluorescence
 
@@ -89,16 +93,7 @@ def test_nuclei_wide_candidate_segments_the_sample(tmp_path):
         "--progress_bar",
         "False",
     )
-    labels = sorted((SAMPLE / "labels").glob("*.png"))
-    preds = [np.asarray(Image.open(tmp_path / f"{f.stem}_seg.png")) > 0 for f in labels]
-    truths = [np.asarray(Image.open(f)) > 0 for f in labels]
-    pooled = dice(np.concatenate([p.ravel() for p in preds]), np.concatenate([t.ravel() for t in truths]))
-    ratios = [
-        matching_ratios(np.asarray(Image.open(tmp_path / f"{f.stem}_instances.png")), np.asarray(Image.open(f)))[
-            "ratio"
-        ]
-        for f in labels
-    ]
+    pooled, _, ratios = _sample_scores(tmp_path)
     # measured (epochs 21-25 average, AMX Xeon): pooled Dice 0.861, DSB score 0.495, 0.729 at IoU 0.5
     assert pooled >= 0.83, pooled
     assert np.mean(ratios) >= 0.45 and np.mean([r[0] for r in ratios]) >= 0.68, np.mean(ratios, axis=0)
