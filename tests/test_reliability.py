@@ -382,12 +382,18 @@ def test_finetune_starts_from_given_weights(tmp_path, ema_momentum):
         "0.0",
         "--ema_momentum",
         ema_momentum,
+        "--keep_epochs",
+        "1",
     ).stdout
     assert f"Restored all variables from {shipped}" in out
     start = torch.load(shipped, map_location="cpu")
     tuned = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
     weights = [k for k in start if k.endswith("conv.weight")]
     assert weights and all(torch.equal(start[k], tuned[k]) for k in weights)  # learning rate 0: unchanged
+    # --keep_epochs: the epoch's validated weights (the average with --ema_momentum), in bfloat16
+    kept = torch.load(tmp_path / "models" / "epochs" / "model_1.pt", map_location="cpu")
+    assert set(kept) == set(tuned) and all(kept[k].dtype == torch.bfloat16 for k in weights)
+    assert all(torch.equal(kept[k], tuned[k].to(torch.bfloat16)) for k in weights)
 
 
 def test_state_saver_interval(tmp_path):
@@ -410,6 +416,31 @@ def test_state_saver_interval(tmp_path):
     assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_5.pt")
     with pytest.raises(ValueError, match="save_interval"):
         TrainingStateSaver(str(tmp_path), state, save_interval=0)
+
+
+def test_epoch_weights_saver_keeps_the_last_epochs(tmp_path):
+    """--keep_epochs n keeps the weights of the last n epochs in bfloat16, drops those of a run it restarted, and
+    tools.average_weights --epochs_dir --last k picks the newest k by epoch (10 after 9)."""
+    from ignite.engine import Engine, Events
+
+    from scripts.handlers import EpochWeightsSaver, epoch_weights
+
+    net = torch.nn.Linear(2, 1)
+    torch.save({}, tmp_path / "model_9.pt")  # from an earlier run that went further
+    engine = Engine(lambda e, b: None)
+    EpochWeightsSaver(str(tmp_path), net, n_saved=3).attach(engine)
+    written = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: written.append(sorted(os.listdir(tmp_path))))
+    engine.run([0], max_epochs=4)
+    assert written[0] == ["model_1.pt"]  # the stale epoch 9 is gone
+    assert written[-1] == ["model_2.pt", "model_3.pt", "model_4.pt"]
+    kept = torch.load(tmp_path / "model_4.pt")
+    assert kept["weight"].dtype == torch.bfloat16 and torch.equal(kept["weight"], net.weight.detach().bfloat16())
+    for epoch in (9, 10):
+        torch.save({}, tmp_path / f"model_{epoch}.pt")
+    assert [os.path.basename(f) for f in epoch_weights(str(tmp_path), last=2)] == ["model_9.pt", "model_10.pt"]
+    with pytest.raises(ValueError, match="n_saved"):
+        EpochWeightsSaver(str(tmp_path), net, n_saved=0)
 
 
 def test_weight_ema_starts_at_training_start_and_resumes(tmp_path):

@@ -5,8 +5,10 @@ several.
 - the checkpoint ensemble: ``python -m tools.average_weights --ensemble_dir bundle/models/ensemble --dataset_dir
   bundle/data/dsb2018 --out bundle/models/model_avg.pt [--batches 64]``;
 - the last epochs of a training, a rule fixed before looking at any validation score (stochastic weight averaging of
-  a plateau): ``--files "['<ckpt_dir>/history/checkpoint_41.pt', ...]"``; full training checkpoints give their
-  ``ema_model`` (the weight average of ``--ema_momentum``) where they hold one, else their ``model``.
+  a plateau): train with ``--keep_epochs n`` (each epoch's validated weights in ``<ckpt_dir>/epochs``), then
+  ``--epochs_dir <ckpt_dir>/epochs --last 10``;
+- any ``--files "['a.pt', ...]"``; full training checkpoints give their ``ema_model`` (the weight average of
+  ``--ema_momentum``) where they hold one, else their ``model``.
 
 The network is built as the weights need (``scripts.networks.state_dict_config``: channels per level, output
 channels), whatever train.json declares; ``--half true`` writes bfloat16 tensors (half the size; the bundle loads them
@@ -24,6 +26,7 @@ from torch.optim.swa_utils import update_bn
 
 from scripts.evaluation import ensemble_files
 from scripts.files import atomic_path
+from scripts.handlers import epoch_weights
 from scripts.networks import NETWORK_KEYS, state_dict_config
 from tools import BUNDLE
 
@@ -53,16 +56,25 @@ def main(
     out: str,
     ensemble_dir: str | None = None,
     files: list[str] | None = None,
+    epochs_dir: str | None = None,
+    last: int | None = None,
     batches: int = 64,
     seed: int = 0,
     half: bool = False,
 ) -> str:
-    """Average the checkpoints of ``ensemble_dir`` (or the ``files``), recompute BatchNorm statistics on ``batches``
-    batches of the training split of ``dataset_dir`` (train.json's patches and augmentation), write ``out`` (a
-    ``state_dict``; bfloat16 tensors with ``half``)."""
-    if (ensemble_dir is None) == (files is None):
-        raise ValueError("give either --ensemble_dir or --files")
-    files = ensemble_files(ensemble_dir) if files is None else [str(f) for f in files]
+    """Average the checkpoints of ``ensemble_dir``, the ``files``, or the ``last`` epochs in ``epochs_dir``
+    (``--keep_epochs``), recompute BatchNorm statistics on ``batches`` batches of the training split of
+    ``dataset_dir`` (train.json's patches and augmentation), write ``out`` (a ``state_dict``; bfloat16 tensors with
+    ``half``)."""
+    if sum(x is not None for x in (ensemble_dir, files, epochs_dir)) != 1:
+        raise ValueError("give one of --ensemble_dir, --files or --epochs_dir")
+    if epochs_dir is not None:
+        files = epoch_weights(epochs_dir, last)
+        if not files:
+            raise FileNotFoundError(f"no model_<epoch>.pt in --epochs_dir {epochs_dir} (train with --keep_epochs n)")
+    elif files is None:
+        files = ensemble_files(ensemble_dir)
+    files = [str(f) for f in files]
     state = average_state_dicts(files)
     config = state_dict_config(state)
     if config is None:

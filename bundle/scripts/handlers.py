@@ -1,6 +1,6 @@
 """Engine handlers that MONAI and ignite lack: atomic full-state checkpoints for resuming, a stop on non-finite
-loss that names where it happened, a weights loader whose error says which network the weights fit, and a weight
-average that starts from fine-tuned weights."""
+loss that names where it happened, a weights loader whose error says which network the weights fit, a weight
+average that starts from fine-tuned weights, and each epoch's weights kept for averaging a plateau."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from scripts.networks import fold_batch_norm, mismatch_message
 __all__ = [
     "SaverState",
     "TrainingStateSaver",
+    "EpochWeightsSaver",
+    "epoch_weights",
     "latest_checkpoint",
     "resume_path",
     "require_weights",
@@ -112,6 +114,55 @@ class TrainingStateSaver:
             if 0 <= _epoch(f) <= engine.state.epoch - self.n_saved * self.save_interval:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(f)
+
+
+class EpochWeightsSaver:
+    """After every epoch, write ``network``'s weights (the weight average of ``--ema_momentum`` where training keeps
+    one: the weights validation scored) in bfloat16 to ``save_dir/model_<epoch>.pt``, atomically, keeping the last
+    ``n_saved`` epochs (files of a resumed run included), so that the end of a training can be averaged
+    (``tools.average_weights --epochs_dir <save_dir> --last n``) with a rule fixed before reading any score. Only
+    rank 0 writes. bfloat16 halves the files; the bundle loads them into its float32 network."""
+
+    def __init__(self, save_dir: str, network: torch.nn.Module, n_saved: int) -> None:
+        if int(n_saved) < 1:
+            raise ValueError(f"EpochWeightsSaver: n_saved must be at least 1, got {n_saved}.")
+        self.save_dir = save_dir
+        self.network = network
+        self.n_saved = int(n_saved)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if idist.get_rank() != 0:
+            return
+        from scripts.files import atomic_path
+
+        net = getattr(self.network, "module", self.network)
+        weights = {
+            k: v.detach().to("cpu", torch.bfloat16) if v.is_floating_point() else v.detach().cpu()
+            for k, v in net.state_dict().items()
+        }
+        epoch = engine.state.epoch
+        with atomic_path(os.path.join(self.save_dir, f"model_{epoch}.pt")) as tmp:
+            torch.save(weights, tmp)
+        for f in epoch_weights(self.save_dir):
+            if _epoch(f) <= epoch - self.n_saved or _epoch(f) > epoch:  # older, or of a run this one restarted
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f)
+
+
+def epoch_weights(save_dir: str, last: int | None = None) -> list[str]:
+    """The ``model_<epoch>.pt`` files of :class:`EpochWeightsSaver` in ``save_dir`` by epoch, only the ``last`` ones
+    when given."""
+    files = sorted(glob.glob(os.path.join(save_dir, "model_*.pt")), key=_epoch)
+    files = [f for f in files if _epoch(f) >= 0]
+    return files if last is None else files[-int(last) :]
+
+
+def epoch_weights_saver(save_dir: str, network: torch.nn.Module, keep_epochs: int | str) -> EpochWeightsSaver | None:
+    """``--keep_epochs n``: the :class:`EpochWeightsSaver` of the last ``n`` epochs (``None`` when 0)."""
+    return EpochWeightsSaver(save_dir, network, int(keep_epochs)) if int(keep_epochs) else None
 
 
 def _epoch(path: str) -> int:
@@ -325,18 +376,20 @@ def attach_training_handlers(
     ensemble_dir: str,
     resume: bool | str,
     ckpt_dir: str,
+    epoch_saver: EpochWeightsSaver | None = None,
 ) -> None:
     """Everything ``train.json`` adds to its engines beyond MONAI's handlers, in the order that matters: a check that
     the ``--finetune`` weights exist (before anything is written), validation after the last epoch, the training
     state after validation, the LR schedule on the validation score, the fine-tune and resume loaders (when
-    enabled), the weight average after them, and, when the trainer starts (after the data checks and weight loads
-    succeeded), an empty checkpoint ensemble in ``<ckpt_dir>/ensemble`` unless the run resumes."""
+    enabled), the weight average after them (and the per-epoch weights it gives, with ``--keep_epochs``), and, when
+    the trainer starts (after the data checks and weight loads succeeded), an empty checkpoint ensemble in
+    ``<ckpt_dir>/ensemble`` unless the run resumes."""
     if finetune_loader is not None:
         require_weights(finetune_loader.load_path, ckpt_dir)
     validate_last_epoch(trainer, evaluator, val_interval)
     state_saver.attach(trainer)
     lr_handler.attach(evaluator)
-    for loader in (finetune_loader, resume_loader, ema):
+    for loader in (finetune_loader, resume_loader, ema, epoch_saver):
         if loader is not None:
             loader.attach(trainer)
     trainer.add_event_handler(Events.STARTED, _reset_ensemble, ensemble_dir, resume)
