@@ -47,8 +47,14 @@ def test_train_and_inference_network_defs_agree():
     train.read_config(str(CONFIGS / "train.json"))
     infer = ConfigParser()
     infer.read_config(str(CONFIGS / "inference.json"))
-    # memory_saving only changes how training keeps activations, not the network
-    assert {k: v for k, v in train["network_def"].items() if k != "memory_saving"} == infer["network_def"]
+    # memory_saving only changes how training keeps activations, not the network; inference builds the same class
+    # shaped as the weights it loads need (scripts.networks.network_for_weights)
+    assert train["network_def"]["_target_"] == "scripts.networks.R2AttUNet"
+    assert infer["network_def"]["_target_"] == "scripts.networks.network_for_weights"
+    skip = {"_target_", "memory_saving", "weights_file", "load_weights"}
+    assert {k: v for k, v in train["network_def"].items() if k not in skip} == {
+        k: v for k, v in infer["network_def"].items() if k not in skip
+    }
 
 
 def _list_positions(config, path=""):
@@ -322,8 +328,8 @@ def test_weights_loader_folds_once_and_keeps_the_weights_when_run_again(tmp_path
 @pytest.mark.slow
 def test_star_convex_objects_train_and_segment(tmp_path):
     """``--rays``: the shipped weights with star-convex distance channels added (tools.add_output_channel) train
-    through train.json and segment through inference.json (test-time flips put the rays back), the objects seeded by
-    their polygons (``--seeds star``): one id per object, whose union is the mask."""
+    through train.json and segment through inference.json given only their folder (test-time flips put the rays
+    back), the objects seeded by their polygons (``--seeds`` auto: star): one id per object, whose union is the mask."""
     from tools.add_output_channel import main as add_output_channel
 
     init = add_output_channel(
@@ -378,8 +384,7 @@ def test_star_convex_objects_train_and_segment(tmp_path):
         str(out),
         "--tta",
         "2",
-        *star,
-    )
+    )  # the network, the seeds (auto: star) and the rays the flips remap all follow the weights
     segs = sorted(out.glob("*_seg.png"))
     assert len(segs) == 3
     counts = []

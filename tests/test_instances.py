@@ -37,7 +37,7 @@ from scripts.metrics import (
     rand_info_scores,
     region_pairs,
 )
-from scripts.transforms import Instancesd, LabelTargetsd, Overlayd
+from scripts.transforms import Instancesd, LabelTargetsd, Overlayd, auto_seeds
 from scripts.writers import AtomicStackWriter, SaveObjectsd
 
 
@@ -206,6 +206,12 @@ def test_instances_from_contact_seeds():
     assert Instancesd("pred")({"pred": torch.as_tensor(targets)})["instances"].max().item() == 2  # centre seeds
     with pytest.raises(ValueError, match="contact map"):
         Instancesd("pred", seeds="contact")({"pred": torch.as_tensor(targets[:2])})
+    # seeds "auto" (the configs' default) follows the channels: contact for 3, both (distance + centre) for 2
+    auto = Instancesd("pred", seeds="auto")
+    for channels, seeds in ((3, "contact"), (2, "both")):
+        got = auto({"pred": torch.as_tensor(targets[:channels])})["instances"]
+        want = Instancesd("pred", seeds=seeds)({"pred": torch.as_tensor(targets[:channels])})["instances"]
+        assert torch.equal(got, want) and (auto_seeds(channels), auto_seeds(34)) == (seeds, "star")
 
 
 def _star_pair() -> np.ndarray:

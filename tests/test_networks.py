@@ -8,6 +8,7 @@ from scripts.networks import (
     R2AttUNet,
     describe_state_dict,
     inflate_state_dict,
+    network_for_weights,
     state_dict_config,
 )
 
@@ -269,3 +270,21 @@ def test_ray_head_outputs_the_last_channels_and_scripts():
     assert net.head.conv.out_channels == 2 and net.ray_head[1].conv.out_channels == 8
     with pytest.raises(ValueError, match="rays must leave"):
         R2AttUNet(2, 1, 8, channels=(4, 8, 16), rays=8)
+
+
+def test_network_for_weights_takes_the_architecture_of_the_weights(tmp_path):
+    """inference.json's network: shaped as the weights in --ckpt_dir need (channels, output channels, ray head), as
+    declared without a weights file, with --load_weights false, or for weights of other spatial dims."""
+    declared = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": [16, 32, 64]}
+    trained = R2AttUNet(2, 1, 3, channels=(4, 8, 16))
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    torch.save({"model": R2AttUNet(2, 1, 10, channels=(4, 8, 16), rays=8).state_dict()}, tmp_path / "state.pt")
+    torch.save(R2AttUNet(3, 1, 3, channels=(4, 8)).state_dict(), tmp_path / "3d.pt")
+    net = network_for_weights(str(tmp_path / "model.pt"), **declared)
+    net.load_state_dict(trained.state_dict())
+    assert (net.head.conv.out_channels, net.rays) == (3, 0)
+    rays = network_for_weights(str(tmp_path / "state.pt"), **declared)  # a training checkpoint's model
+    assert (rays.rays, rays.ray_head[1].conv.out_channels) == (8, 8)
+    for path, load in ((tmp_path / "missing.pt", True), (tmp_path / "model.pt", "false"), (tmp_path / "3d.pt", True)):
+        as_declared = network_for_weights(str(path), load_weights=load, **declared)
+        assert state_dict_config(as_declared.state_dict())["channels"] == [16, 32, 64]

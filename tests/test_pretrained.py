@@ -66,7 +66,8 @@ def test_shipped_weights_segment_the_sample(tmp_path, ensemble, pooled_min, imag
 
 def test_nuclei_wide_candidate_segments_the_sample(tmp_path):
     """models/nuclei_wide (channels 32..512, mask + centre + contact channels, performance.md) segments the sample
-    through inference.json with its network and contact seeds; the sample is in its validation split too."""
+    through inference.json given only its folder: the network follows the weights, the seeds their channels
+    (contact); the sample is in its validation split too."""
     from scripts.networks import state_dict_config
 
     state = torch.load(BUNDLE / "models" / "nuclei_wide" / "model.pt", map_location="cpu", weights_only=True)
@@ -78,12 +79,6 @@ def test_nuclei_wide_candidate_segments_the_sample(tmp_path):
         "configs/inference.json",
         "--ckpt_dir",
         str(BUNDLE / "models" / "nuclei_wide"),
-        "--network_def#out_channels",
-        "3",
-        "--network_def#channels",
-        "[32,64,128,256,512]",
-        "--seeds",
-        "contact",
         "--seed_threshold",
         "0.7",
         "--seed_sigma",

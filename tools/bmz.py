@@ -40,7 +40,7 @@ from PIL import Image
 
 from scripts import InputError, MissingInputError
 from scripts.files import reverse_axes
-from scripts.networks import R2AttUNet, fold_batch_norm, load_weights
+from scripts.networks import R2AttUNet, fold_batch_norm, load_weights, weights_arguments
 from scripts.presets import config_files
 from tools import BUNDLE
 
@@ -137,13 +137,14 @@ def preset_parser(preset: str, **overrides: Any) -> ConfigParser:
 
 
 def network_kwargs(parser: ConfigParser) -> dict[str, Any]:
-    """The resolved arguments of the config's ``network_def`` (JSON values, ``_target_`` left out)."""
+    """The :class:`~scripts.networks.R2AttUNet` arguments of the config's ``network_def`` (JSON values), shaped as
+    its weights need (:func:`~scripts.networks.weights_arguments`, as inference builds it)."""
     kwargs = {}
     for key in parser["network_def"]:
-        if not key.startswith("_"):
+        if not key.startswith("_") and key not in ("weights_file", "load_weights"):
             value = parser.get_parsed_content(f"network_def#{key}")
             kwargs[key] = json.loads(json.dumps(value, default=list))
-    return kwargs
+    return weights_arguments(Path(parser.get_parsed_content("ckpt_dir")) / "model.pt", **kwargs)
 
 
 def _loading_steps(preprocessing: Any) -> list[Any]:

@@ -10,8 +10,10 @@ R2AttU-Net, R2U-Net, the recurrent attention U-Net, the attention U-Net and the 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,6 +23,10 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Act, Pool
 from monai.networks.nets.attentionunet import AttentionBlock
 from monai.utils import ensure_tuple_rep
+
+from scripts import as_bool
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "InferenceReLU",
@@ -33,6 +39,9 @@ __all__ = [
     "R2AttUNet",
     "state_dict_config",
     "NETWORK_KEYS",
+    "weights_arguments",
+    "network_for_weights",
+    "ray_count",
     "describe_state_dict",
     "mismatch_message",
     "inflate_state_dict",
@@ -512,6 +521,46 @@ def state_dict_config(state: dict) -> dict | None:
         config.update(out_channels=config["out_channels"] + rays, rays=rays)
         config["ray_channels"] = int(state["ray_head.0.conv.weight"].shape[0])
     return config
+
+
+def weights_arguments(weights_file: str | os.PathLike | None, **kwargs: Any) -> dict[str, Any]:
+    """``kwargs`` (:class:`R2AttUNet` arguments) with the input/output channels, channels per level and ray head
+    (:data:`NETWORK_KEYS`) of the weights in ``weights_file`` (a ``state_dict``, or a checkpoint holding one under
+    ``model``) where that file exists and holds an R2AttUNet of ``kwargs``' spatial dims; ``kwargs`` unchanged
+    otherwise (no file, other weights: the weights loader then names the mismatch)."""
+    if not weights_file or not os.path.isfile(weights_file):
+        return dict(kwargs)
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    config = state_dict_config(state) if isinstance(state, dict) else None
+    if config is None or config["spatial_dims"] != int(kwargs.get("spatial_dims", config["spatial_dims"])):
+        return dict(kwargs)
+    found = {"rays": 0, **{k: config[k] for k in NETWORK_KEYS if k in config}}
+    changed = {k: v for k, v in found.items() if k in kwargs and _plain(kwargs[k]) != v}
+    if changed:
+        logger.info(f"network as the weights in {weights_file} need: {changed}")
+    return {**kwargs, **found}
+
+
+def _plain(value: Any) -> Any:
+    """A config value (int, or a sequence of ints) as :func:`state_dict_config` gives it."""
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else int(value)
+
+
+def network_for_weights(
+    weights_file: str | os.PathLike | None = None, load_weights: bool | str = True, **kwargs: Any
+) -> R2AttUNet:
+    """The :class:`R2AttUNet` of ``kwargs`` shaped as the weights it will load need (:func:`weights_arguments`), so
+    that inference runs any folder's weights (``--ckpt_dir``: the shipped models, a wide or contact-channel training)
+    without repeating their architecture on the command line. With ``load_weights`` off, exactly ``kwargs``."""
+    return R2AttUNet(**(weights_arguments(weights_file, **kwargs) if as_bool(load_weights) else kwargs))
+
+
+def ray_count(network: nn.Module) -> int:
+    """The star-convex distance channels at the end of ``network``'s output (its ``rays``; 0 for other modules), so
+    that test-time flips remap the rays of whatever weights inference loaded."""
+    return int(getattr(getattr(network, "module", network), "rays", 0))
 
 
 def describe_state_dict(state: dict) -> str:

@@ -41,8 +41,9 @@ MEANINGS = {
     "save_probabilities": "inference: also write <name>_prob.png, the probabilities",
     "threshold": "probability above which a pixel is foreground",
     "seeds": (
-        "objects: what seeds one object each: both (distance to the mask's edge + 8 x centre map), distance, centre, "
-        "contact (mask x (1 - contact map), 3-channel weights), star (star-convex polygons, weights with rays)"
+        "objects: what seeds one object each: auto (by the weights' channels: contact for 3, star with rays, else "
+        "both), both (distance to the mask's edge + 8 x centre map), distance, centre, contact (mask x (1 - contact "
+        "map), 3-channel weights), star (star-convex polygons, weights with rays)"
     ),
     "seed_threshold": (
         "objects, contact seeds: the mask x (1 - contact map) level above which a region seeds an object; star seeds: "
@@ -65,6 +66,7 @@ MEANINGS = {
     "eval_dir": "evaluation: where the metrics of the best checkpoint and the ensemble go",
     "stacks": "read multi-page TIFFs and NIfTI files as stacks or volumes (EM presets)",
     "ema_momentum": "training: keep an exponential moving average of the weights (0 = off)",
+    "keep_epochs": "training: keep the validated weights of the last n epochs in models/epochs (bf16), for averaging",
     "memory_saving": "training: recompute activations instead of storing them (less memory, slower)",
     "seed": "random seed",
     "val_fraction": "share of a plain datalist used for validation",

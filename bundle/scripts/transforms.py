@@ -29,6 +29,7 @@ __all__ = [
     "RandStainGrayd",
     "LUMINANCE",
     "instance_transform",
+    "auto_seeds",
 ]
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's "L" conversion
@@ -92,8 +93,8 @@ class Instancesd(MapTransform):
     - ``"nuclei"``: probabilities ``(2, *spatial)`` (object mask, centre map) or ``(3, *spatial)`` (and contact
       map), seeded watershed (:func:`scripts.instances.instances_from_probabilities` with ``seeds``, ``h``,
       ``sigma``, ``seed_threshold``); with ``seeds="star"``, ``(2 + rays, *spatial)`` (object mask, centre map,
-      star-convex distances over :data:`scripts.instances.STAR_SCALE`, ``nms_threshold``); ``keys`` keeps only the
-      mask channel;
+      star-convex distances over :data:`scripts.instances.STAR_SCALE`, ``nms_threshold``); ``seeds="auto"`` picks
+      them by the channels (:func:`auto_seeds`); ``keys`` keeps only the mask channel;
     - ``"neurons"``: a membrane probability ``(1, H, W[, D])``, one id per region between membranes, section by
       section along the last axis (:func:`scripts.instances.segments_from_boundaries` with ``sigma``, ``h``,
       ``merge_threshold``); ``keys`` unchanged;
@@ -134,20 +135,28 @@ class Instancesd(MapTransform):
 
     def _instances(self, key: Hashable, p: np.ndarray) -> np.ndarray:
         if self.method != "nuclei":
-            needs, ok = "1 channel", p.shape[0] == 1
-        elif self.params["seeds"] == "contact":
+            return self._other(key, p)
+        seeds = self.params["seeds"]
+        return self._nuclei(key, p, auto_seeds(p.shape[0]) if seeds == "auto" else seeds)
+
+    def _nuclei(self, key: Hashable, p: np.ndarray, seeds: str) -> np.ndarray:
+        params = {**self.params, "seeds": seeds}
+        if seeds == "contact":
             needs, ok = "3 channels (object mask, centre map, contact map)", p.shape[0] == 3
-        elif self.params["seeds"] == "star":
+        elif seeds == "star":
             needs, ok = "2 + rays channels (object mask, centre map, rays >= 4 distances)", p.shape[0] >= 6
         else:
             needs, ok = "2 or 3 channels (object mask, centre map[, contact map])", p.shape[0] in (2, 3)
         if not ok:
-            raise ValueError(f"Instancesd ({self.method}): {key!r} needs {needs}, got {p.shape[0]}.")
-        if self.method == "nuclei" and self.params["seeds"] == "star":
-            return instances_from_probabilities(p[0], p[1], distances=p[2:] * STAR_SCALE, **self.params)
-        if self.method == "nuclei":
-            contact = p[2] if p.shape[0] == 3 else None
-            return instances_from_probabilities(p[0], p[1], contact_prob=contact, **self.params)
+            raise ValueError(f"Instancesd ({self.method}, seeds {seeds!r}): {key!r} needs {needs}, got {p.shape[0]}.")
+        if seeds == "star":
+            return instances_from_probabilities(p[0], p[1], distances=p[2:] * STAR_SCALE, **params)
+        contact = p[2] if p.shape[0] == 3 else None
+        return instances_from_probabilities(p[0], p[1], contact_prob=contact, **params)
+
+    def _other(self, key: Hashable, p: np.ndarray) -> np.ndarray:
+        if p.shape[0] != 1:
+            raise ValueError(f"Instancesd ({self.method}): {key!r} needs 1 channel, got {p.shape[0]}.")
         if self.method == "neurons":
             h, sigma = self.params["h"], self.params["sigma"]
             min_size = self.params["min_size"]
@@ -166,6 +175,13 @@ class Instancesd(MapTransform):
             dropped = (p[0] >= self.params["threshold"]) & (instances == 0)
             d[key] = prob[:1].masked_fill(torch.as_tensor(dropped, device=prob.device)[None], 0.0)
         return d
+
+
+def auto_seeds(channels: int) -> str:
+    """``seeds="auto"``: the seeds a nuclei network's ``channels`` outputs call for: ``"contact"`` for 3 (object mask,
+    centre map, contact map), ``"star"`` for 6 or more (star-convex distances after the mask and centre map), else
+    ``"both"`` (distance to the mask's edge plus the centre map)."""
+    return "contact" if channels == 3 else "star" if channels >= 6 else "both"
 
 
 def instance_transform(postprocessing: Compose) -> Instancesd | None:
