@@ -180,7 +180,9 @@ def rand_info_terms(pairs: np.ndarray) -> dict[str, float]:
     if pairs.shape[1] == 0:
         return dict.fromkeys(("V_rand", "V_info", "V_info_split", "V_info_merge"), float("nan"))
     n = float(pairs.shape[1])
-    _, joint = np.unique(pairs, axis=1, return_counts=True)
+    first, second = (np.asarray(row, np.int64) - np.asarray(row, np.int64).min() for row in pairs)
+    # each pair as one integer, a 1-D count (np.unique over columns sorts the pairs as records: ~90x slower)
+    _, joint = np.unique(first * (int(second.max()) + 1) + second, return_counts=True)
     _, s = np.unique(pairs[0], return_counts=True)
     _, t = np.unique(pairs[1], return_counts=True)
     p, s, t = joint / n, s / n, t / n
