@@ -89,6 +89,6 @@ def test_nuclei_wide_candidate_segments_the_sample(tmp_path):
         "False",
     )
     pooled, _, ratios = _sample_scores(tmp_path)
-    # measured (epochs 21-25 average, AMX Xeon): pooled Dice 0.861, DSB score 0.495, 0.729 at IoU 0.5
-    assert pooled >= 0.83, pooled
-    assert np.mean(ratios) >= 0.45 and np.mean([r[0] for r in ratios]) >= 0.68, np.mean(ratios, axis=0)
+    # measured (EMA epochs 25-34 average, AMX Xeon): pooled Dice 0.883, DSB score 0.519, 0.741 at IoU 0.5
+    assert pooled >= 0.85, pooled
+    assert np.mean(ratios) >= 0.47 and np.mean([r[0] for r in ratios]) >= 0.69, np.mean(ratios, axis=0)
