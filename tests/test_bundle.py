@@ -57,6 +57,16 @@ def test_train_and_inference_network_defs_agree():
     }
 
 
+def test_evaluation_scores_the_ensemble_where_the_weights_folder_has_one(tmp_path):
+    """evaluate.json's ensemble default: the checkpoint ensemble of a training (the shipped models/ensemble) is
+    evaluated too, a weights folder without one (models/nuclei_wide) is evaluated alone instead of failing."""
+    for ckpt_dir, expected in ((BUNDLE / "models", True), (BUNDLE / "models" / "nuclei_wide", False)):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
+        parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(ckpt_dir)})
+        assert parser.get_parsed_content("ensemble") is expected
+
+
 def _list_positions(config, path=""):
     """Ids (``a#0#b``) and references (``@a#1``) in a config that address a list item by its position."""
     position = re.compile(r"#\d+(?=#|$)")

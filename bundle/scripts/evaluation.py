@@ -22,6 +22,7 @@ from scripts.networks import load_weights
 from scripts.transforms import has_object_targets
 
 __all__ = [
+    "has_ensemble",
     "pixel_pairs",
     "complement",
     "ForegroundRandInfo",
@@ -201,6 +202,12 @@ def run(engine: object | None) -> None:
     """Run ``engine`` unless it is disabled (``None``)."""
     if engine is not None:
         engine.run()
+
+
+def has_ensemble(ensemble_dir: str) -> bool:
+    """evaluate.json's ``ensemble`` default: evaluate the checkpoint ensemble too when ``ensemble_dir`` holds one
+    (a training's top-k; weights folders such as ``models/nuclei_wide`` have none); ``--ensemble true`` insists."""
+    return bool(glob.glob(os.path.join(ensemble_dir, "*.pt")))
 
 
 def ensemble_files(ensemble_dir: str) -> list[str]:
