@@ -271,10 +271,11 @@ def test_same_seed_same_run(tmp_path):
 
 
 def test_mismatched_weights_name_their_configuration(tmp_path):
-    torch.save(
-        __import__("scripts.networks", fromlist=["R2AttUNet"]).R2AttUNet(2, 1, 1, channels=(8, 16, 32)).state_dict(),
-        tmp_path / "model.pt",
-    )
+    """Inference builds the channels and outputs the weights need (scripts.networks.network_for_weights), but not
+    another variant: weights of a network without attention gates stop with an error naming their configuration."""
+    from scripts.networks import R2AttUNet
+
+    torch.save(R2AttUNet(2, 1, 2, channels=(8, 16, 32), attention=False).state_dict(), tmp_path / "model.pt")
     proc = run_bundle(
         "run",
         "--config_file",
@@ -288,7 +289,8 @@ def test_mismatched_weights_name_their_configuration(tmp_path):
         check=False,
     )
     assert proc.returncode != 0
-    assert "they belong to R2AttUNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32]" in proc.stderr
+    expected = "they belong to R2AttUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=[8, 16, 32], attention"
+    assert expected in proc.stderr, proc.stderr[-3000:]
 
 
 def test_large_image_goes_through_sliding_windows(tmp_path):
