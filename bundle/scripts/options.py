@@ -49,7 +49,10 @@ MEANINGS = {
         "objects, contact seeds: the mask x (1 - contact map) level above which a region seeds an object; star seeds: "
         "the centre-map level above which a pixel proposes a polygon"
     ),
-    "rays": "objects: the weights' star-convex distance channels (0: none; 32 for star seeds, out_channels 2 + rays)",
+    "rays": (
+        "training: star-convex distance channels to learn (0: none; 32 for star seeds, out_channels 2 + rays); "
+        "inference and evaluation read them from the weights"
+    ),
     "nms_threshold": "objects, star seeds: the overlap above which the less probable of two polygons is dropped",
     "seed_h": "objects: how much a peak of the seed landscape must rise to seed an object (higher splits less)",
     "seed_sigma": "objects: Gaussian smoothing (pixels) of the seed landscape",
@@ -67,6 +70,7 @@ MEANINGS = {
     "stacks": "read multi-page TIFFs and NIfTI files as stacks or volumes (EM presets)",
     "ema_momentum": "training: keep an exponential moving average of the weights (0 = off)",
     "keep_epochs": "training: keep the validated weights of the last n epochs in models/epochs (bf16), for averaging",
+    "epochs_dir": "where --keep_epochs writes model_<epoch>.pt (default <ckpt_dir>/epochs)",
     "memory_saving": "training: recompute activations instead of storing them (less memory, slower)",
     "seed": "random seed",
     "val_fraction": "share of a plain datalist used for validation",
