@@ -27,7 +27,7 @@ from torch.optim.swa_utils import update_bn
 from scripts.evaluation import ensemble_files
 from scripts.files import atomic_path
 from scripts.handlers import epoch_weights
-from scripts.networks import NETWORK_KEYS, state_dict_config
+from scripts.networks import NETWORK_KEYS, bfloat16_state_dict, state_dict_config
 from tools import BUNDLE
 
 
@@ -97,7 +97,7 @@ def main(
     update_bn(images(), network)
     weights = network.state_dict()
     if half:
-        weights = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()}
+        weights = bfloat16_state_dict(weights)
     with atomic_path(out) as tmp:
         torch.save(weights, tmp)
     print(f"{out}: the mean of {len(files)} checkpoints, BatchNorm on {batches} batches")

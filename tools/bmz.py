@@ -40,7 +40,7 @@ from PIL import Image
 
 from scripts import InputError, MissingInputError
 from scripts.files import reverse_axes
-from scripts.networks import R2AttUNet, fold_batch_norm, load_weights, weights_arguments
+from scripts.networks import R2AttUNet, fold_batch_norm, load_weights, read_state_dict, weights_arguments
 from scripts.presets import config_files
 from tools import BUNDLE
 
@@ -366,8 +366,7 @@ def build_rdf(preset: str, folder: Path, image: Path | None = None) -> dict[str,
     _cover(raw, probabilities, folder / "cover.png")
 
     ckpt = Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    state = state["model"] if isinstance(state.get("model"), dict) else state
+    state = read_state_dict(ckpt)
     torch.save(state, folder / "weights.pt")
     shutil.copyfile(BUNDLE / "scripts" / "networks.py", folder / "networks.py")
     package_kwargs = {**kwargs, "axes_order": "zyx"}

@@ -20,7 +20,7 @@ from ignite.handlers import Checkpoint, DiskSaver, EMAHandler
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from scripts import MissingInputError, as_bool
-from scripts.networks import fold_batch_norm, mismatch_message
+from scripts.networks import bfloat16_state_dict, fold_batch_norm, mismatch_message
 
 __all__ = [
     "SaverState",
@@ -138,11 +138,7 @@ class EpochWeightsSaver:
             return
         from scripts.files import atomic_path
 
-        net = getattr(self.network, "module", self.network)
-        weights = {
-            k: v.detach().to("cpu", torch.bfloat16) if v.is_floating_point() else v.detach().cpu()
-            for k, v in net.state_dict().items()
-        }
+        weights = bfloat16_state_dict(getattr(self.network, "module", self.network).state_dict())
         epoch = engine.state.epoch
         with atomic_path(os.path.join(self.save_dir, f"model_{epoch}.pt")) as tmp:
             torch.save(weights, tmp)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -47,6 +47,8 @@ __all__ = [
     "inflate_state_dict",
     "fold_batch_norm",
     "load_weights",
+    "read_state_dict",
+    "bfloat16_state_dict",
 ]
 
 
@@ -473,15 +475,28 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
     return network
 
 
+def read_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """The network weights in ``path``: the ``state_dict`` itself, or the one a training checkpoint holds under
+    ``model``."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    return state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
+
+
+def bfloat16_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its floating-point tensors in bfloat16 on the CPU (half the file; the bundle loads such weights
+    into its float32 networks), other tensors as they are."""
+    return {
+        k: v.detach().to("cpu", torch.bfloat16) if v.is_floating_point() else v.detach().cpu() for k, v in state.items()
+    }
+
+
 def load_weights(
     network: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu", fold: bool = False
 ) -> nn.Module:
     """Load the weights at ``path`` (a ``state_dict``, or a checkpoint holding one under ``model``) into ``network``
     and put it in eval mode, with BatchNorm folded (:func:`fold_batch_norm`) when ``fold`` is set. Weights that do
     not fit raise an error naming the configuration they belong to (:func:`mismatch_message`)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = read_state_dict(path, map_location)
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
@@ -530,9 +545,7 @@ def weights_arguments(weights_file: str | os.PathLike | None, **kwargs: Any) -> 
     otherwise (no file, other weights: the weights loader then names the mismatch)."""
     if not weights_file or not os.path.isfile(weights_file):
         return dict(kwargs)
-    state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = read_state_dict(weights_file)
     config = state_dict_config(state) if isinstance(state, dict) else None
     if config is None or config["spatial_dims"] != int(kwargs.get("spatial_dims", config["spatial_dims"])):
         return dict(kwargs)
