@@ -58,9 +58,9 @@ def test_train_and_inference_network_defs_agree():
 
 
 def test_evaluation_scores_the_ensemble_where_the_weights_folder_has_one(tmp_path):
-    """evaluate.json's ensemble default: the checkpoint ensemble of a training (the shipped models/ensemble) is
-    evaluated too, a weights folder without one (models/nuclei_wide) is evaluated alone instead of failing."""
-    for ckpt_dir, expected in ((BUNDLE / "models", True), (BUNDLE / "models" / "nuclei_wide", False)):
+    """evaluate.json's ensemble default: the checkpoint ensemble of a training (the shipped models/nuclei_fast/ensemble)
+    is evaluated too, a weights folder without one (the default models/) is evaluated alone instead of failing."""
+    for ckpt_dir, expected in ((BUNDLE / "models" / "nuclei_fast", True), (BUNDLE / "models", False)):
         parser = ConfigParser()
         parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
         parser.update({"bundle_root": str(BUNDLE), "ckpt_dir": str(ckpt_dir)})
@@ -337,15 +337,16 @@ def test_weights_loader_folds_once_and_keeps_the_weights_when_run_again(tmp_path
 
 @pytest.mark.slow
 def test_star_convex_objects_train_and_segment(tmp_path):
-    """``--rays``: the shipped weights with star-convex distance channels added (tools.add_output_channel) train
+    """``--rays``: the 0.12 weights (models/nuclei_fast) with star-convex distance channels added (tools.add_output_channel) train
     through train.json and segment through inference.json given only their folder (test-time flips put the rays
     back), the objects seeded by their polygons (``--seeds`` auto: star): one id per object, whose union is the mask."""
     from tools.add_output_channel import main as add_output_channel
 
     init = add_output_channel(
-        str(BUNDLE / "models" / "model.pt"), str(tmp_path / "init.pt"), 18, new_bias=-3.4, rays=16
+        str(BUNDLE / "models" / "nuclei_fast" / "model.pt"), str(tmp_path / "init.pt"), 18, new_bias=-3.4, rays=16
     )
     star = ["--rays", "16", "--network_def#out_channels", "18", "--seeds", "star"]
+    star += ["--network_def#channels", "[16,32,64,128,256]", "--contact", "False"]
     models = tmp_path / "models"
     run_bundle(
         "run",

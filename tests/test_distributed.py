@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BUNDLE, run_bundle
+from conftest import BUNDLE, NUCLEI_FAST, run_bundle
 
 pytestmark = pytest.mark.slow  # the whole module runs the bundle in subprocesses
 
@@ -36,7 +36,8 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
         "--finetune",
         "True",
         "--finetune_model_path",
-        "models/model.pt",
+        "models/nuclei_fast/model.pt",
+        *NUCLEI_FAST,
         "--ckpt_dir",
         str(models),
         "--output_dir",
@@ -74,6 +75,7 @@ def test_torchrun_train_and_evaluate(tmp_path: Path):
         str(models),
         "--output_dir",
         str(tmp_path / "runs"),
+        *NUCLEI_FAST,
     )
     # only rank 0 logs; had rank 1 not resumed too, it would run epoch 1 alone and the collectives would not match
     assert out.count("resuming training from") == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BUNDLE, SAMPLE, run_bundle, run_module
+from conftest import BUNDLE, NUCLEI_FAST, SAMPLE, run_bundle, run_module
 from scripts.check import InputCheck, check_datalist, check_dsb2018, validated
 from scripts.writers import AtomicPILWriter
 
@@ -169,7 +169,8 @@ def test_atomic_writer_leaves_no_partial_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["ok.png"]
 
 
-def _train_args(root, epochs):
+def _train_args(root, epochs, fast: bool = True):
+    """A short training of ``epochs`` into ``root``; ``fast``: of the 0.12 network (:data:`conftest.NUCLEI_FAST`)."""
     return [
         "run",
         "--config_file",
@@ -186,6 +187,7 @@ def _train_args(root, epochs):
         str(root / "models"),
         "--output_dir",
         str(root / "runs"),
+        *(NUCLEI_FAST if fast else ()),
     ]
 
 
@@ -375,7 +377,7 @@ def test_finetune_starts_from_given_weights(tmp_path, ema_momentum):
     """With --ema_momentum the saved weights are the average, which must start from the fine-tuned weights too."""
     shipped = BUNDLE / "models" / "model.pt"
     out = run_bundle(
-        *_train_args(tmp_path, 1),
+        *_train_args(tmp_path, 1, fast=False),  # the shipped network, as MONAI Label's training fine-tunes it
         "--finetune",
         "True",
         "--finetune_model_path",

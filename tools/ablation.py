@@ -258,6 +258,12 @@ def row_overrides(row: Row, scale: Scale, seed: int) -> list[str]:
         "{}",
         "--network_def#out_channels",
         "1",
+        "--contact",
+        "False",
+        "--ema_momentum",
+        "0.0",  # the paper's training: no weight average, no balance of image types (train.json's defaults have both)
+        "--balance_groups",
+        "0.0",
     ]
     for k, v in sorted(row.params.items()):
         args += [f"--losses#{row.loss}#{k}", repr(float(v))]

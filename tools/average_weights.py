@@ -2,7 +2,7 @@
 training patches (PyTorch's ``torch.optim.swa_utils.update_bn``), so that inference runs one network instead of
 several.
 
-- the checkpoint ensemble: ``python -m tools.average_weights --ensemble_dir bundle/models/ensemble --dataset_dir
+- the checkpoint ensemble: ``python -m tools.average_weights --ensemble_dir bundle/models/nuclei_fast/ensemble --dataset_dir
   bundle/data/dsb2018 --out bundle/models/model_avg.pt [--batches 64]``;
 - the last epochs of a training, a rule fixed before looking at any validation score (stochastic weight averaging of
   a plateau): train with ``--keep_epochs n`` (each epoch's validated weights in ``<ckpt_dir>/epochs``), then

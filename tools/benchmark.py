@@ -524,8 +524,9 @@ def _plain_forward_s(items: list[dict], ckpt_dir: str, roi: int = 256, overlap: 
     from monai.data import Dataset
     from monai.inferers import SlidingWindowInferer
 
-    parser = _parser(INFERENCE_CONFIG, {"memory_format": "$torch.contiguous_format", "bundle_root": str(BUNDLE)})
-    network = parser.get_parsed_content("network_def").eval()
+    overrides = {"memory_format": "$torch.contiguous_format", "bundle_root": str(BUNDLE), "ckpt_dir": str(ckpt_dir)}
+    parser = _parser(INFERENCE_CONFIG, overrides)
+    network = parser.get_parsed_content("network_def").eval()  # shaped as the weights in ckpt_dir need
     network.load_state_dict(torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True))
     inferer = SlidingWindowInferer((roi, roi), sw_batch_size=4, overlap=overlap, mode="gaussian")
     preprocessing = parser.get_parsed_content("preprocessing")

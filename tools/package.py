@@ -39,12 +39,12 @@ logger = logging.getLogger(__name__)
 BUNDLE_NAME = "r2attunet_microscopy_segmentation"
 MAX_FILE_BYTES = 25 * 1024 * 1024
 WEIGHTS = (
-    "models/model.pt",
-    "models/ensemble/*.pt",
+    "models/model.pt",  # nuclei: channels 32..512, mask + centre + contact channels (performance.md)
+    "models/nuclei_fast/model.pt",  # nuclei, channels 16..256, mask + centre: the earlier default, a quarter the work
+    "models/nuclei_fast/ensemble/*.pt",  # its top-3 checkpoint ensemble (--ckpt_dir models/nuclei_fast --ensemble true)
     "models/em2d/model.pt",  # EM presets (configs/em2d.json, configs/em3d.json)
     "models/em3d/model.pt",
     "models/em2d_mito/model.pt",  # configs/em2d.json + configs/em2d_mito.json: mitochondria, 2D
-    "models/nuclei_wide/model.pt",  # nuclei candidate, channels 32..512 with a contact channel (performance.md)
     "models/model.ts",
     "models/model.onnx",
 )

@@ -206,7 +206,8 @@ def run(engine: object | None) -> None:
 
 def has_ensemble(ensemble_dir: str) -> bool:
     """evaluate.json's ``ensemble`` default: evaluate the checkpoint ensemble too when ``ensemble_dir`` holds one
-    (a training's top-k; weights folders such as ``models/nuclei_wide`` have none); ``--ensemble true`` insists."""
+    (a training's top-k; the default ``models/`` has none, ``models/nuclei_fast`` has one); ``--ensemble true`` insists.
+    """
     return bool(glob.glob(os.path.join(ensemble_dir, "*.pt")))
 
 

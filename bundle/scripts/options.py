@@ -30,7 +30,7 @@ MEANINGS = {
     "patch_size": "training patch and sliding-window size",
     "val_interval": "validate every N epochs (and after the last one)",
     "precision": "auto (bf16/fp16 where the device has it, else fp32), bf16, fp16 or fp32",
-    "ensemble": "inference/evaluation: average the checkpoint ensemble in models/ensemble (slower) instead of model.pt",
+    "ensemble": "inference/evaluation: average <ckpt_dir>/ensemble (models/nuclei_fast has one) instead of model.pt",
     "tta": "test-time flips: true averages the 8 flips and transposes of the input, a number n the first n (2, 4)",
     "fold_batch_norm": "inference: fold BatchNorm into the convolutions after loading the weights (same result, faster)",
     "keep_freed_memory": "Linux: glibc malloc reuses freed memory instead of fresh pages (faster CPU passes)",
@@ -53,6 +53,7 @@ MEANINGS = {
         "training: star-convex distance channels to learn (0: none; 32 for star seeds, out_channels 2 + rays); "
         "inference and evaluation read them from the weights"
     ),
+    "contact": "training: learn the contact map between touching nuclei as output channel 2 (false: mask + centre)",
     "nms_threshold": "objects, star seeds: the overlap above which the less probable of two polygons is dropped",
     "seed_h": "objects: how much a peak of the seed landscape must rise to seed an object (higher splits less)",
     "seed_sigma": "objects: Gaussian smoothing (pixels) of the seed landscape",
