@@ -56,6 +56,22 @@ def test_add_output_channels_with_a_ray_head_keeps_the_trained_outputs():
         add_output_channels(trained.state_dict(), out_channels=9, rays=8)
 
 
+def test_ray_head_on_a_contact_network_keeps_its_mask_and_centre_map():
+    """``drop``: the first trained channels of a 3-channel (mask, centre, contact) network stay, the contact map goes."""
+    from tools.add_output_channel import add_output_channels
+
+    torch.manual_seed(0)
+    trained = R2AttUNet(2, 1, 3, channels=(4, 8, 16)).eval()
+    new = add_output_channels(trained.state_dict(), out_channels=10, rays=8, new_bias=-3.4, drop=True)
+    net = R2AttUNet(2, 1, 10, channels=(4, 8, 16), rays=8).eval()
+    net.load_state_dict(new)
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x)[:, :2], trained(x)[:, :2])
+    with pytest.raises(ValueError, match="--drop true keeps the first ones"):
+        add_output_channels(trained.state_dict(), out_channels=10, rays=8)
+
+
 def test_network_weights_reads_the_weight_average_of_a_training_checkpoint(tmp_path):
     from tools.average_weights import network_weights
 

@@ -7,7 +7,10 @@ how the 0.7 objects model (nucleus mask + centre map) started from the 0.6 pixel
 adds a ray head for star-convex distances instead (:class:`scripts.networks.R2AttUNet` ``rays``). ``--new_bias``
 starts the new channels' logits at ``B`` (with ``--rays``, everywhere: the ray head's last layer starts at zero), e.g.
 star-convex distances near a typical nucleus radius, ``logit(8 / STAR_SCALE)`` = -3.4, so that the first steps'
-distance errors stay small and do not upset the trained channels.
+distance errors stay small and do not upset the trained channels. ``--drop true`` lets the new network keep fewer
+trained channels than the weights have (the first ``out_channels - rays``), e.g. a ray head on the contact network
+(``models/model.pt``: mask, centre, contact) that keeps its mask and centre map: ``--out_channels 34 --rays 32
+--drop true``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,18 @@ from scripts.networks import R2AttUNet, state_dict_config
 
 
 def add_output_channels(
-    state: dict, out_channels: int = 2, seed: int = 0, new_bias: float | None = None, rays: int = 0, **network: object
+    state: dict,
+    out_channels: int = 2,
+    seed: int = 0,
+    new_bias: float | None = None,
+    rays: int = 0,
+    drop: bool = False,
+    **network: object,
 ) -> dict:
     """``state`` with ``out_channels`` outputs: ``head.conv.weight``/``bias`` widened (the existing channels first),
-    or with ``rays`` a fresh ray head (``ray_head.*``) for the last ``rays`` channels beside the unchanged ``head``;
-    the new channels' bias ``new_bias`` where given."""
+    or with ``rays`` a fresh ray head (``ray_head.*``) for the last ``rays`` channels beside the ``head``; the new
+    channels' bias ``new_bias`` where given. ``drop``: the head keeps only its first ``out_channels - rays`` trained
+    channels where the weights have more (without it, an error)."""
     torch.manual_seed(seed)
     config = state_dict_config(state)
     if config is None:
@@ -32,17 +42,20 @@ def add_output_channels(
     if config.get("rays"):
         raise ValueError(f"the weights already have a ray head ({config['rays']} rays)")
     kept = out_channels - rays
-    if kept < config["out_channels"]:
-        raise ValueError(f"{out_channels} outputs with {rays} rays drop trained channels ({config['out_channels']})")
+    if kept < 1 or (kept < config["out_channels"] and not drop):
+        raise ValueError(
+            f"{out_channels} outputs with {rays} rays drop trained channels ({config['out_channels']}); "
+            "--drop true keeps the first ones"
+        )
     fresh = R2AttUNet(
         config["spatial_dims"], config["in_channels"], out_channels, channels=config["channels"], rays=rays, **network
     ).state_dict()
+    trained = min(kept, config["out_channels"])
     for key in ("head.conv.weight", "head.conv.bias"):
-        old = state[key]
-        fresh[key][: old.shape[0]] = old
+        fresh[key][:trained] = state[key][:trained]
     bias = "ray_head.1.conv.bias" if rays else "head.conv.bias"
     if new_bias is not None:
-        fresh[bias][0 if rays else state["head.conv.bias"].shape[0] :] = float(new_bias)
+        fresh[bias][0 if rays else trained :] = float(new_bias)
         if rays:  # the ray head's output starts at new_bias everywhere
             fresh["ray_head.1.conv.weight"].zero_()
     new = {k: v for k, v in fresh.items() if k.startswith(("head.", "ray_head."))}
@@ -50,11 +63,17 @@ def add_output_channels(
 
 
 def main(
-    weights: str, out: str, out_channels: int = 2, seed: int = 0, new_bias: float | None = None, rays: int = 0
+    weights: str,
+    out: str,
+    out_channels: int = 2,
+    seed: int = 0,
+    new_bias: float | None = None,
+    rays: int = 0,
+    drop: bool = False,
 ) -> str:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     with atomic_path(out) as tmp:
-        torch.save(add_output_channels(state, out_channels, seed, new_bias, rays), tmp)
+        torch.save(add_output_channels(state, out_channels, seed, new_bias, rays, bool(drop)), tmp)
     print(
         f"{out}: {weights} with {out_channels} output channels" + (f", the last {rays} from a ray head" if rays else "")
     )
