@@ -18,6 +18,7 @@ from __future__ import annotations
 import fire
 import torch
 
+from scripts import as_bool
 from scripts.files import atomic_path
 from scripts.networks import R2AttUNet, state_dict_config
 
@@ -69,11 +70,11 @@ def main(
     seed: int = 0,
     new_bias: float | None = None,
     rays: int = 0,
-    drop: bool = False,
+    drop: bool | str = False,
 ) -> str:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     with atomic_path(out) as tmp:
-        torch.save(add_output_channels(state, out_channels, seed, new_bias, rays, bool(drop)), tmp)
+        torch.save(add_output_channels(state, out_channels, seed, new_bias, rays, as_bool(drop)), tmp)
     print(
         f"{out}: {weights} with {out_channels} output channels" + (f", the last {rays} from a ray head" if rays else "")
     )
