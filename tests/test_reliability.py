@@ -447,15 +447,16 @@ def test_epoch_weights_saver_keeps_the_last_epochs(tmp_path):
         EpochWeightsSaver(str(tmp_path), net, n_saved=0)
 
 
-def test_weight_ema_starts_at_training_start_and_resumes(tmp_path):
+def test_weight_ema_starts_at_training_start_warms_up_and_resumes(tmp_path, caplog):
     """WeightEMA: the average starts from the weights the network has when the trainer starts (after a fine-tune
-    load), follows ema = (1 - m) * ema + m * weights, and a resumed run keeps the average its checkpoint restored."""
+    load), follows ema = (1 - m) * ema + m * weights with m = max(momentum, 9 / (10 + iteration)), and a resumed run
+    keeps the average its checkpoint restored and its place in the warm-up."""
     from ignite.engine import Engine, Events
 
     from scripts.handlers import WeightEMA
 
     net = torch.nn.Linear(1, 1, bias=False)
-    ema = WeightEMA(net, momentum=0.5)  # copies the weights at construction, as the config parser does
+    ema = WeightEMA(net, momentum=0.7)  # copies the weights at construction, as the config parser does
 
     def step(engine, batch):
         with torch.no_grad():
@@ -465,13 +466,21 @@ def test_weight_ema_starts_at_training_start_and_resumes(tmp_path):
     engine.add_event_handler(Events.STARTED, lambda e: torch.nn.init.constant_(net.weight, 2.0))  # the fine-tune load
     ema.attach(engine)
     engine.run([0, 0], max_epochs=1)
-    # weights 3, 4 after the two iterations: ema 2 -> 2.5 -> 3.25
-    assert float(ema.ema_model.weight) == pytest.approx(3.25)
+    # weights 3, 4 after the two iterations, m = 9/11 then 0.75: ema 2 -> 2 + 9/11 -> 4 - (2 - 9/11) / 4
+    m1 = 9 / 11
+    first = 2 + m1
+    assert float(ema.ema_model.weight) == pytest.approx(first + 0.75 * (4 - first))
 
     resumed = Engine(step)
-    resumed.load_state_dict({"iteration": 2, "epoch_length": 2, "max_epochs": 2})
+    resumed.load_state_dict({"iteration": 20, "epoch_length": 2, "max_epochs": 11})
     ema.ema_model.weight.data.fill_(10.0)  # as restored from the checkpoint's ema_model
+    net.weight.data.fill_(4.0)
     ema.attach(resumed)
-    resumed.run([0, 0], max_epochs=2)
-    # weights 5, 6: ema 10 -> 7.5 -> 6.75
-    assert float(ema.ema_model.weight) == pytest.approx(6.75)
+    resumed.run([0, 0], max_epochs=11)
+    # iterations 21, 22: 9/31 and 9/32 are below the momentum, so m = 0.7; weights 5, 6: ema 10 -> 6.5 -> 6.15
+    assert float(ema.ema_model.weight) == pytest.approx(6.15)
+
+    # a decay given as the momentum keeps almost no average: the log says so and what to give instead
+    with caplog.at_level("WARNING", logger="scripts.handlers"):
+        WeightEMA(net, momentum=0.995)
+    assert "--ema_momentum 0.005" in caplog.text

@@ -287,24 +287,39 @@ class WeightsLoader(CheckpointLoader):
 
 
 class WeightEMA(EMAHandler):
-    """ignite's :class:`~ignite.handlers.EMAHandler` (``ema = (1 - momentum) * ema + momentum * weights`` after each
-    iteration, buffers averaged too) whose average starts from the network's weights when the trainer starts, that
-    is after a ``--finetune`` load, not from the weights it had when the configuration was parsed. A resumed run
-    (iteration > 0 at start) keeps the average its checkpoint restored. ``ema_model`` is the averaged copy.
+    """ignite's :class:`~ignite.handlers.EMAHandler` (``ema = (1 - m) * ema + m * weights`` after each iteration,
+    buffers averaged too; ``momentum`` is ignite's, the weight of the newest weights: 0.005 averages about the last
+    200 steps) with two changes. The average starts from the network's weights when the trainer starts, that is after
+    a ``--finetune`` load, not from the weights it had when the configuration was parsed; a resumed run (iteration > 0
+    at start) keeps the average its checkpoint restored. And the momentum warms up as in TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)``: at trainer iteration ``t`` it is ``max(momentum, 9 / (10 + t))``, so
+    that a short run validates recent weights rather than an average still close to its random start (the trainer's
+    iteration, restored on resume, counts the steps). ``ema_model`` is the averaged copy.
 
     Attach it after the trainer's weight loaders, so that its start handler runs after theirs.
     """
 
-    def __init__(self, model: torch.nn.Module, momentum: float = 0.001) -> None:
+    def __init__(self, model: torch.nn.Module, momentum: float = 0.005) -> None:
+        if momentum > 0.5:
+            logger.warning(
+                f"--ema_momentum {momentum} is the weight of the newest weights in each step's average (ignite's "
+                f"convention): it keeps almost no average. An average with decay {momentum} is --ema_momentum "
+                f"{1 - momentum:.4g}."
+            )
         super().__init__(model, momentum=momentum, handle_buffers="update")
 
     def attach(self, engine: Engine, name: str = "ema_momentum") -> None:  # type: ignore[override]
+        self._name = name
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._warm_up)
         super().attach(engine, name=name, warn_if_exists=False)
         engine.add_event_handler(Events.STARTED, self._start)
 
     def _start(self, engine: Engine) -> None:
         if engine.state.iteration == 0:
             self.ema_model.load_state_dict(self.model.state_dict())
+
+    def _warm_up(self, engine: Engine) -> None:
+        setattr(engine.state, self._name, max(self.momentum, 9.0 / (10.0 + engine.state.iteration)))
 
 
 class EvaluationLabel:
@@ -330,7 +345,8 @@ class EvaluationLabel:
 
 
 def weight_ema(network: torch.nn.Module, momentum: float | str) -> WeightEMA | None:
-    """The weight average of ``--ema_momentum`` (``None`` when it is 0: no average)."""
+    """The weight average of ``--ema_momentum`` (ignite's momentum, the newest weights' share; ``None`` when it is 0:
+    no average)."""
     return WeightEMA(network, momentum=float(momentum)) if float(momentum) else None
 
 

@@ -69,7 +69,7 @@ MEANINGS = {
     "device": "torch device (default: the first GPU, else the CPU)",
     "eval_dir": "evaluation: where the metrics of the best checkpoint and the ensemble go",
     "stacks": "read multi-page TIFFs and NIfTI files as stacks or volumes (EM presets)",
-    "ema_momentum": "training: keep an exponential moving average of the weights (0 = off)",
+    "ema_momentum": "training: average the weights, each step giving the newest this share (0.005: about 200 steps; 0 = off)",
     "keep_epochs": "training: keep the validated weights of the last n epochs in models/epochs (bf16), for averaging",
     "epochs_dir": "where --keep_epochs writes model_<epoch>.pt (default <ckpt_dir>/epochs)",
     "memory_saving": "training: recompute activations instead of storing them (less memory, slower)",
