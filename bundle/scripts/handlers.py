@@ -294,7 +294,8 @@ class WeightEMA(EMAHandler):
     at start) keeps the average its checkpoint restored. And the momentum warms up as in TensorFlow's
     ``ExponentialMovingAverage(num_updates=...)``: at trainer iteration ``t`` it is ``max(momentum, 9 / (10 + t))``, so
     that a short run validates recent weights rather than an average still close to its random start (the trainer's
-    iteration, restored on resume, counts the steps). ``ema_model`` is the averaged copy.
+    iteration, restored on resume, counts the steps; ignite's own ``momentum_warmup`` is linear and counts its own
+    events, so it would start again on every resume). ``ema_model`` is the averaged copy.
 
     Attach it after the trainer's weight loaders, so that its start handler runs after theirs.
     """
@@ -309,8 +310,7 @@ class WeightEMA(EMAHandler):
         super().__init__(model, momentum=momentum, handle_buffers="update")
 
     def attach(self, engine: Engine, name: str = "ema_momentum") -> None:  # type: ignore[override]
-        self._name = name
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._warm_up)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._warm_up, name)
         super().attach(engine, name=name, warn_if_exists=False)
         engine.add_event_handler(Events.STARTED, self._start)
 
@@ -318,8 +318,8 @@ class WeightEMA(EMAHandler):
         if engine.state.iteration == 0:
             self.ema_model.load_state_dict(self.model.state_dict())
 
-    def _warm_up(self, engine: Engine) -> None:
-        setattr(engine.state, self._name, max(self.momentum, 9.0 / (10.0 + engine.state.iteration)))
+    def _warm_up(self, engine: Engine, name: str) -> None:
+        setattr(engine.state, name, max(self.momentum, 9.0 / (10.0 + engine.state.iteration)))
 
 
 class EvaluationLabel:
