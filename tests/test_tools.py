@@ -130,6 +130,33 @@ def test_objects_sweep_scores_star_seeds():
     assert split["all"]["iou50"] == 1.0 and split["all"]["dsb"] > 0.8
 
 
+def test_objects_sweep_ceiling_separates_the_mask_by_the_true_nuclei():
+    """The ceiling splits a merged mask along the true nuclei (a perfect separation scores 1), keeps the mask's
+    errors (a mask eroded by 2 pixels loses IoU at the high thresholds) and counts unseeded regions as false ones."""
+    import numpy as np
+
+    from tools.objects_sweep import score, separated_by_truth
+
+    yy, xx = np.mgrid[:40, :80]
+    true = np.zeros((40, 80), np.int32)
+    true[(yy - 20) ** 2 + (xx - 20) ** 2 < 100] = 1
+    true[((yy - 20) ** 2 + (xx - 38) ** 2 < 100) & (true == 0)] = 2
+    mask = true > 0
+    split = separated_by_truth(mask, true, min_size=5)
+    assert set(np.unique(split)) == {0, 1, 2} and np.array_equal(split, true)
+    eroded = (yy - 20) ** 2 + (xx - 20) ** 2 < 64
+    eroded |= (yy - 20) ** 2 + (xx - 38) ** 2 < 64
+    speck = np.zeros_like(mask)
+    speck[5:10, 65:70] = True  # a false detection far from every nucleus
+    results = [{"id": "a", "group": "all", "prob": np.stack([eroded | speck] * 2).astype(np.float32), "true": true}]
+    worse = score(results, ceiling=True, min_size=5)["all"]
+    assert worse["iou50"] == 2 / 3 and worse["iou75"] == 0.0  # both nuclei at IoU 0.6-0.7, one false object
+    assert (
+        score([dict(results[0], prob=np.stack([mask] * 2).astype(np.float32))], ceiling=True, min_size=5)["all"]["dsb"]
+        == 1.0
+    )
+
+
 def test_centre_polygon_ious_measures_the_rays_alone():
     """The true distances give polygons that cover each disc; halved, they cover a quarter of it."""
     import numpy as np

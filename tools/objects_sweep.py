@@ -17,7 +17,9 @@ With weights of three output channels (mask, centre map, contact map) the contac
 polygon seeds (``seeds=star``, ``seed_threshold`` the centre-map level, each with every ``--nms_thresholds``).
 
 Prints, per setting, the DSB2018 score and the TP/(TP+FP+FN) ratio at IoU 0.5 and 0.75 (mean over images), and for
-the connected components of the mask (the pixel model's answer) beside them; ``--out`` writes them as JSON.
+the connected components of the mask (the pixel model's answer) beside them, and the ceiling of the mask: the same
+mask separated by the true nuclei, what no seeds can beat (a diagnostic, not a decoding: it reads the labels);
+``--out`` writes them as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from monai.bundle import ConfigParser
 from monai.data import Dataset
 from PIL import Image
 from scipy import ndimage
+from skimage.measure import label as connected_components
+from skimage.segmentation import watershed
 
 from scripts.data import load_datalist
 from scripts.files import reverse_axes, write_json_atomic
@@ -88,15 +92,38 @@ def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ens
     return results
 
 
-def score(results: list[dict], components: bool = False, **params) -> dict:
+def separated_by_truth(mask: np.ndarray, true: np.ndarray, min_size: int = 20) -> np.ndarray:
+    """The best any separation of ``mask`` (bool ``(Y, X)``) can do: each true nucleus (``true``, instance ids) seeds
+    its pixels in the mask, grown over the mask by a flat watershed (every mask pixel joins the nearest seed it
+    connects to), the mask's regions without a true nucleus are objects of their own, and objects under ``min_size``
+    pixels are dropped as the decodings drop them. Instance labels (int32, ``0`` background)."""
+    markers = np.where(mask, true, 0)
+    instances = watershed(np.zeros(mask.shape, np.float32), markers=markers, mask=mask)
+    rest = connected_components(mask & (instances == 0))
+    instances = np.where(rest > 0, rest + instances.max(), instances).astype(np.int32)
+    if min_size > 0:
+        small = np.bincount(instances.ravel()) < min_size
+        small[0] = False
+        instances[small[instances]] = 0
+    return instances
+
+
+def score(results: list[dict], components: bool = False, ceiling: bool = False, **params) -> dict:
     """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75, overall and per image type.
-    ``components``: the mask's connected components (no seeds), the baseline; else instances with ``params``."""
+    ``components``: the mask's connected components (no seeds), the baseline; ``ceiling``: the mask separated by the
+    true nuclei (:func:`separated_by_truth`, ``min_size`` of ``params``), what the mask allows at best; else instances
+    with ``params``."""
     per_group: dict[str, list[np.ndarray]] = {}
     for r in results:
         centre = None if components else r["prob"][1]
         contact = r["prob"][2] if len(r["prob"]) == 3 and not components else None
         distances = None if components else r.get("distances")
-        pred = instances_from_probabilities(r["prob"][0], centre, contact_prob=contact, distances=distances, **params)
+        if ceiling:
+            pred = separated_by_truth(r["prob"][0] >= params.get("threshold", 0.5), r["true"], params["min_size"])
+        else:
+            pred = instances_from_probabilities(
+                r["prob"][0], centre, contact_prob=contact, distances=distances, **params
+            )
         ratios = matching_ratios(pred, r["true"])["ratio"]
         per_group.setdefault("all", []).append(ratios)
         per_group.setdefault(r["group"], []).append(ratios)
@@ -225,6 +252,7 @@ def main(
         return
     results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
     table = {"connected components": score(results, components=True)}
+    table["the mask separated by the true nuclei (ceiling)"] = score(results, ceiling=True, min_size=min(min_sizes))
     channels = {len(r["prob"]) for r in results}
     has = {"contact": channels == {3}, "star": min(channels) > 3}
     for (source, h), sigma, m in itertools.product(seeds, sigmas, min_sizes):
