@@ -16,6 +16,8 @@ With weights of three output channels (mask, centre map, contact map) the contac
 ``seed_threshold``) are compared too; with star-convex distance channels (``2 + rays`` channels, ``--rays``) the
 polygon seeds (``seeds=star``, ``seed_threshold`` the centre-map level, each with every ``--nms_thresholds``).
 
+``--thresholds`` compares levels of the object probability for the mask (``threshold``, 0.5 in ``inference.json``).
+
 Prints, per setting, the DSB2018 score and the TP/(TP+FP+FN) ratio at IoU 0.5 and 0.75 (mean over images), and for
 the connected components of the mask (the pixel model's answer) beside them, and the ceiling of the mask: the same
 mask separated by the true nuclei, what no seeds can beat (a diagnostic, not a decoding: it reads the labels);
@@ -240,6 +242,7 @@ def main(
     merge_thresholds=(0.6, 0.7, 0.75),
     hs=(0.05,),
     nms_thresholds=(0.3, 0.4, 0.5),
+    thresholds=(0.5,),
 ) -> None:
     if objects == "neurons":
         if pred_dir is None:
@@ -252,17 +255,19 @@ def main(
         return
     results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
     table = {"connected components": score(results, components=True)}
-    table["the mask separated by the true nuclei (ceiling)"] = score(results, ceiling=True, min_size=min(min_sizes))
+    for t in thresholds:
+        name = f"the mask separated by the true nuclei (ceiling) threshold={t}"
+        table[name] = score(results, ceiling=True, min_size=min(min_sizes), threshold=t)
     channels = {len(r["prob"]) for r in results}
     has = {"contact": channels == {3}, "star": min(channels) > 3}
-    for (source, h), sigma, m in itertools.product(seeds, sigmas, min_sizes):
+    for (source, h), sigma, m, t in itertools.product(seeds, sigmas, min_sizes, thresholds):
         if not has.get(source, True):
             continue
         threshold = "seed_threshold" if source in ("contact", "star") else "h"
         for nms in nms_thresholds if source == "star" else (None,):
-            value = {threshold: h} | ({"nms_threshold": nms} if nms is not None else {})
+            value = {threshold: h, "threshold": t} | ({"nms_threshold": nms} if nms is not None else {})
             name = f"seeds={source} {threshold}={h}{'' if nms is None else f' nms_threshold={nms}'} sigma={sigma}"
-            table[f"{name} min_size={m}"] = score(results, seeds=source, sigma=sigma, min_size=m, **value)
+            table[f"{name} min_size={m} threshold={t}"] = score(results, seeds=source, sigma=sigma, min_size=m, **value)
     for name, s in table.items():
         groups = "; ".join(f"{g} ({v['images']}) {v['dsb']:.3f}" for g, v in s.items() if g != "all")
         a = s["all"]
