@@ -16,6 +16,7 @@ With weights of three output channels (mask, centre map, contact map) the contac
 ``seed_threshold``) are compared too; with star-convex distance channels (``2 + rays`` channels, ``--rays``) the
 polygon seeds (``seeds=star``, ``seed_threshold`` the centre-map level, each with every ``--nms_thresholds``).
 
+The network runs once per image unless ``--tta 2`` (the two passes of ``inference.json``; ``4``, ``true``: more).
 ``--thresholds`` compares levels of the object probability for the mask (``threshold``, 0.5 in ``inference.json``).
 
 Prints, per setting, the DSB2018 score and the TP/(TP+FP+FN) ratio at IoU 0.5 and 0.75 (mean over images), and for
@@ -41,6 +42,7 @@ from skimage.segmentation import watershed
 
 from scripts.data import load_datalist
 from scripts.files import reverse_axes, write_json_atomic
+from scripts.inferers import with_flips
 from scripts.instances import (
     STAR_SCALE,
     as_instances,
@@ -49,18 +51,21 @@ from scripts.instances import (
     segments_from_boundaries,
 )
 from scripts.metrics import matching_ratios, pool_pairs, rand_info_terms, region_pairs
-from scripts.networks import NETWORK_KEYS, state_dict_config
+from scripts.networks import NETWORK_KEYS, ray_count, state_dict_config
 from tools import BUNDLE
 
 MODELS_DIR = str(BUNDLE / "models")
 
 
-def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool) -> list[dict]:
+def probabilities(
+    datalist: str, key: str, ckpt_dir: str, limit: int | None, ensemble: bool, tta: int | bool | str = 0
+) -> list[dict]:
     """``[{"id", "group", "prob" (C, Y, X), "true" (Y, X) instance ids, "distances"}]`` for the first ``limit`` items
     of ``key`` (``C`` 2: mask, centre map; 3: and the contact map; ``2 + rays``: and star-convex distances, also as
     ``"distances"`` ``(rays, Y, X)`` in pixels, else ``None``), from a network
     built as the weights in ``ckpt_dir`` need (output channels and channels per level, e.g. a wider network than
-    ``inference.json``'s)."""
+    ``inference.json``'s), with the test-time flips ``tta`` (:func:`scripts.inferers.with_flips`; ``0`` one pass,
+    ``2`` ``inference.json``'s default)."""
     state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
     config = state_dict_config(state)
     if config is None:
@@ -74,7 +79,7 @@ def probabilities(datalist: str, key: str, ckpt_dir: str, limit: int | None, ens
     if not ensemble:
         network.load_state_dict(state)
         network.eval()
-    inferer = parser.get_parsed_content("inferer")
+    inferer = with_flips(parser.get_parsed_content("inferer"), tta, ray_count(members[0] if members else network))
     preprocessing = parser.get_parsed_content("preprocessing")
     items = load_datalist(datalist, key)[:limit]
     results = []
@@ -111,7 +116,8 @@ def separated_by_truth(mask: np.ndarray, true: np.ndarray, min_size: int = 20) -
 
 
 def score(results: list[dict], components: bool = False, ceiling: bool = False, **params) -> dict:
-    """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75, overall and per image type.
+    """Mean over images of the DSB2018 score and the ratios at IoU 0.5 and 0.75 (and at every threshold, ``"curve"``),
+    overall and per image type.
     ``components``: the mask's connected components (no seeds), the baseline; ``ceiling``: the mask separated by the
     true nuclei (:func:`separated_by_truth`, ``min_size`` of ``params``), what the mask allows at best; else instances
     with ``params``."""
@@ -135,6 +141,7 @@ def score(results: list[dict], components: bool = False, ceiling: bool = False, 
             "dsb": float(np.mean(v)),
             "iou50": float(np.mean([x[0] for x in v])),
             "iou75": float(np.mean([x[5] for x in v])),
+            "curve": [float(x) for x in np.mean(v, axis=0)],  # TP/(TP+FP+FN) at IoU 0.50, 0.55, .., 0.95
         }
         for g, v in per_group.items()
     }
@@ -243,6 +250,7 @@ def main(
     hs=(0.05,),
     nms_thresholds=(0.3, 0.4, 0.5),
     thresholds=(0.5,),
+    tta: int | bool | str = 0,
 ) -> None:
     if objects == "neurons":
         if pred_dir is None:
@@ -253,7 +261,7 @@ def main(
         if out:
             write_json_atomic(table, out, indent=2)
         return
-    results = probabilities(datalist, key, ckpt_dir, limit, ensemble)
+    results = probabilities(datalist, key, ckpt_dir, limit, ensemble, tta)
     table = {"connected components": score(results, components=True)}
     for t in thresholds:
         name = f"the mask separated by the true nuclei (ceiling) threshold={t}"
