@@ -72,6 +72,8 @@ def main(
     rays: int = 0,
     drop: bool | str = False,
 ) -> str:
+    """Write to ``out`` (atomically) the weights ``weights`` with the outputs of :func:`add_output_channels` (same
+    options; ``--drop`` read as the bundle reads flags); returns ``out``."""
     state = torch.load(weights, map_location="cpu", weights_only=True)
     with atomic_path(out) as tmp:
         torch.save(add_output_channels(state, out_channels, seed, new_bias, rays, as_bool(drop)), tmp)
