@@ -37,6 +37,22 @@ def test_add_output_channels_keeps_the_trained_ones():
     assert all(torch.equal(new[k], old[k]) for k in old if not k.startswith("head."))
 
 
+def test_add_output_channels_drops_a_ray_head_and_keeps_the_other_outputs():
+    """``--out_channels 2 --drop true`` on star-convex weights: a network without the ray head whose mask and centre
+    map are the star network's; without ``--drop`` an error says how to drop it."""
+    from tools.add_output_channel import add_output_channels
+
+    torch.manual_seed(0)
+    star = R2AttUNet(2, 1, 10, channels=(4, 8, 16), rays=8).eval()
+    with pytest.raises(ValueError, match="--rays 0 --drop true"):
+        add_output_channels(star.state_dict(), out_channels=2)
+    plain = R2AttUNet(2, 1, 2, channels=(4, 8, 16)).eval()
+    plain.load_state_dict(add_output_channels(star.state_dict(), out_channels=2, drop=True))
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain(x), star(x)[:, :2])
+
+
 def test_add_output_channels_with_a_ray_head_keeps_the_trained_outputs():
     from tools.add_output_channel import add_output_channels
 

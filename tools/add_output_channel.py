@@ -10,7 +10,8 @@ star-convex distances near a typical nucleus radius, ``logit(8 / STAR_SCALE)`` =
 distance errors stay small and do not upset the trained channels. ``--drop true`` lets the new network keep fewer
 trained channels than the weights have (the first ``out_channels - rays``), e.g. a ray head on the contact network
 (``models/model.pt``: mask, centre, contact) that keeps its mask and centre map: ``--out_channels 34 --rays 32
---drop true``.
+--drop true``; ``--out_channels 2 --drop true`` on weights with a ray head drops it, e.g. to infer with a star run's
+mask and centre map alone (``--seeds both``), without StarDist.
 """
 
 from __future__ import annotations
@@ -35,13 +36,19 @@ def add_output_channels(
     """``state`` with ``out_channels`` outputs: ``head.conv.weight``/``bias`` widened (the existing channels first),
     or with ``rays`` a fresh ray head (``ray_head.*``) for the last ``rays`` channels beside the ``head``; the new
     channels' bias ``new_bias`` where given. ``drop``: the head keeps only its first ``out_channels - rays`` trained
-    channels where the weights have more (without it, an error)."""
+    channels where the weights have more (without it, an error); with ``rays=0`` it also drops the weights' ray head,
+    whose channels are separate, so that the others' outputs are unchanged."""
     torch.manual_seed(seed)
     config = state_dict_config(state)
     if config is None:
         raise ValueError("the weights are not an R2AttUNet's")
     if config.get("rays"):
-        raise ValueError(f"the weights already have a ray head ({config['rays']} rays)")
+        if rays or not drop:
+            raise ValueError(
+                f"the weights already have a ray head ({config['rays']} rays); --rays 0 --drop true drops it"
+            )
+        state = {k: v for k, v in state.items() if not k.startswith("ray_head.")}
+        config = state_dict_config(state)
     kept = out_channels - rays
     if kept < 1 or (kept < config["out_channels"] and not drop):
         raise ValueError(
