@@ -66,7 +66,8 @@ def add_output_channels(
         fresh[bias][0 if rays else trained :] = float(new_bias)
         if rays:  # the ray head's output starts at new_bias everywhere
             fresh["ray_head.1.conv.weight"].zero_()
-    new = {k: v for k, v in fresh.items() if k.startswith(("head.", "ray_head."))}
+    dtype = state["head.conv.weight"].dtype  # e.g. bf16 weights stay bf16
+    new = {k: v.to(dtype) for k, v in fresh.items() if k.startswith(("head.", "ray_head."))}
     return {**state, **new}
 
 
