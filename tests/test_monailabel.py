@@ -161,7 +161,7 @@ def test_segments_an_image_through_the_rest_api(server, tmp_path):
     assert mask.shape == label.shape  # original size and orientation (the image is not square)
     assert set(np.unique(mask)) == {0, 1}  # label values: 1 = nucleus
     pred = mask > 0
-    assert dice(pred, label) > 0.8  # measured 0.876 (models/model.pt)
+    assert dice(pred, label) > 0.8  # measured 0.876 with the 0.13 default weights
 
 
 def test_trains_one_epoch_through_the_rest_api(server):

@@ -183,14 +183,14 @@ def test_objects_sweep_runs_the_shipped_weights_on_the_sample(tmp_path):
     from conftest import REPO, SAMPLE, run_module
 
     out = tmp_path / "sweep.json"
-    args = ["--datalist", str(SAMPLE / "datalist.json"), "--key", "validation", "--seeds", "[['contact',0.5]]"]
+    args = ["--datalist", str(SAMPLE / "datalist.json"), "--key", "validation", "--seeds", "[['both',1.0]]"]
     args += ["--sigmas", "[1.0]", "--min_sizes", "[20]", "--thresholds", "[0.5,0.7]", "--tta", "2", "--out", str(out)]
     proc = run_module("tools.objects_sweep", *args, cwd=REPO)
     table = json.loads(out.read_text())
     ceiling = table["the mask separated by the true nuclei (ceiling) threshold=0.5"]["all"]
     assert ceiling["images"] == 4 and len(ceiling["curve"]) == 10
     assert ceiling["dsb"] > table["connected components"]["all"]["dsb"]
-    assert "seeds=contact seed_threshold=0.5 sigma=1.0 min_size=20 threshold=0.7" in table
+    assert "seeds=both h=1.0 sigma=1.0 min_size=20 threshold=0.7" in table
     assert "(ceiling) threshold=0.7" in proc.stdout
 
 

@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 BUNDLE_NAME = "r2attunet_microscopy_segmentation"
 MAX_FILE_BYTES = 25 * 1024 * 1024
 WEIGHTS = (
-    "models/model.pt",  # nuclei: channels 32..512, mask + centre + contact channels (performance.md)
+    "models/model.pt",  # nuclei: channels 32..512, mask + centre map (performance.md)
+    "models/nuclei_contact/model.pt",  # nuclei, the 0.13 default: and a contact map (--ckpt_dir models/nuclei_contact)
     "models/nuclei_fast/model.pt",  # nuclei, channels 16..256, mask + centre: the earlier default, a quarter the work
     "models/nuclei_fast/ensemble/*.pt",  # its top-3 checkpoint ensemble (--ckpt_dir models/nuclei_fast --ensemble true)
     "models/em2d/model.pt",  # EM presets (configs/em2d.json, configs/em3d.json)
