@@ -183,9 +183,8 @@ def test_inference_runs_from_torchscript(exported, tmp_path):
         "--progress_bar",
         "False",
     )
-    assert (
-        _sample_dice(tmp_path / "out") > 0.8
-    )  # 0.876 with the 0.13 default weights, as models/model.pt through inference.json
+    # 0.876 with the 0.13 default weights, as models/model.pt through inference.json
+    assert _sample_dice(tmp_path / "out") > 0.8
 
 
 # --- release archive and download ---------------------------------------------------------------------------------

@@ -37,8 +37,6 @@ from monai.bundle import ConfigParser
 from monai.data import Dataset
 from PIL import Image
 from scipy import ndimage
-from skimage.measure import label as connected_components
-from skimage.segmentation import watershed
 
 from scripts.data import load_datalist
 from scripts.files import reverse_axes, write_json_atomic
@@ -46,6 +44,7 @@ from scripts.inferers import with_flips
 from scripts.instances import (
     STAR_SCALE,
     as_instances,
+    grow_seeds,
     instances_from_probabilities,
     ray_order,
     segments_from_boundaries,
@@ -104,15 +103,7 @@ def separated_by_truth(mask: np.ndarray, true: np.ndarray, min_size: int = 20) -
     its pixels in the mask, grown over the mask by a flat watershed (every mask pixel joins the nearest seed it
     connects to), the mask's regions without a true nucleus are objects of their own, and objects under ``min_size``
     pixels are dropped as the decodings drop them. Instance labels (int32, ``0`` background)."""
-    markers = np.where(mask, true, 0)
-    instances = watershed(np.zeros(mask.shape, np.float32), markers=markers, mask=mask)
-    rest = connected_components(mask & (instances == 0))
-    instances = np.where(rest > 0, rest + instances.max(), instances).astype(np.int32)
-    if min_size > 0:
-        small = np.bincount(instances.ravel()) < min_size
-        small[0] = False
-        instances[small[instances]] = 0
-    return instances
+    return grow_seeds(np.zeros(mask.shape, np.float32), np.where(mask, true, 0), mask, min_size)
 
 
 def score(results: list[dict], components: bool = False, ceiling: bool = False, **params) -> dict:
@@ -135,15 +126,16 @@ def score(results: list[dict], components: bool = False, ceiling: bool = False, 
         ratios = matching_ratios(pred, r["true"])["ratio"]
         per_group.setdefault("all", []).append(ratios)
         per_group.setdefault(r["group"], []).append(ratios)
+    curves = {g: np.mean(v, axis=0) for g, v in per_group.items()}  # TP/(TP+FP+FN) at IoU 0.50, 0.55, .., 0.95
     return {
         g: {
-            "images": len(v),
-            "dsb": float(np.mean(v)),
-            "iou50": float(np.mean([x[0] for x in v])),
-            "iou75": float(np.mean([x[5] for x in v])),
-            "curve": [float(x) for x in np.mean(v, axis=0)],  # TP/(TP+FP+FN) at IoU 0.50, 0.55, .., 0.95
+            "images": len(per_group[g]),
+            "dsb": float(c.mean()),
+            "iou50": float(c[0]),
+            "iou75": float(c[5]),
+            "curve": [float(x) for x in c],
         }
-        for g, v in per_group.items()
+        for g, c in curves.items()
     }
 
 

@@ -221,32 +221,37 @@ def instances_from_probabilities(
     star = None if centre_prob is None else distances
     needed = {"centre": centre_prob, "both": centre_prob, "contact": contact_prob, "star": star}.get(seeds, foreground)
     if not foreground.any() or needed is None:
-        instances = connected_components(foreground).astype(np.int32)
+        return _drop_small(connected_components(foreground).astype(np.int32), min_size)
+    if seeds == "contact":
+        landscape = np.asarray(mask_prob, dtype=np.float32) * (1 - np.asarray(contact_prob, dtype=np.float32))
+    elif seeds in ("centre", "star"):
+        landscape = np.asarray(centre_prob, dtype=np.float32)
     else:
-        if seeds == "contact":
-            landscape = np.asarray(mask_prob, dtype=np.float32) * (1 - np.asarray(contact_prob, dtype=np.float32))
-        elif seeds in ("centre", "star"):
-            landscape = np.asarray(centre_prob, dtype=np.float32)
-        else:
-            landscape = ndimage.distance_transform_edt(foreground).astype(np.float32)
-            if seeds == "both":
-                landscape += float(centre_weight) * np.asarray(centre_prob, dtype=np.float32)
-        if sigma > 0:
-            landscape = ndimage.gaussian_filter(landscape, sigma)
-        if seeds == "contact":
-            markers = _drop_small(connected_components(foreground & (landscape > seed_threshold)), min_seed_size)
-        elif seeds == "star":
-            polygons = star_objects(centre_prob, distances, seed_threshold, nms_threshold)
-            markers = np.where(foreground, polygons, 0)
-        else:
-            # a region under min_size pixels ends as objects under min_size, dropped whether seeded or not: skipping
-            # it changes no output and spares the per-region maxima the specks of a noisy (e.g. untrained) network
-            regions = _drop_small(connected_components(foreground), min_size)
-            markers = connected_components(h_maxima_in_regions(landscape, h, regions))
-        instances = watershed(-landscape, markers=markers, mask=foreground)
-        rest = connected_components(foreground & (instances == 0))
-        instances = np.where(rest > 0, rest + instances.max(), instances)
-    return _drop_small(instances, min_size)
+        landscape = ndimage.distance_transform_edt(foreground).astype(np.float32)
+        if seeds == "both":
+            landscape += float(centre_weight) * np.asarray(centre_prob, dtype=np.float32)
+    if sigma > 0:
+        landscape = ndimage.gaussian_filter(landscape, sigma)
+    if seeds == "contact":
+        markers = _drop_small(connected_components(foreground & (landscape > seed_threshold)), min_seed_size)
+    elif seeds == "star":
+        polygons = star_objects(centre_prob, distances, seed_threshold, nms_threshold)
+        markers = np.where(foreground, polygons, 0)
+    else:
+        # a region under min_size pixels ends as objects under min_size, dropped whether seeded or not: skipping
+        # it changes no output and spares the per-region maxima the specks of a noisy (e.g. untrained) network
+        regions = _drop_small(connected_components(foreground), min_size)
+        markers = connected_components(h_maxima_in_regions(landscape, h, regions))
+    return grow_seeds(-landscape, markers, foreground, min_size)
+
+
+def grow_seeds(landscape: np.ndarray, markers: np.ndarray, mask: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """Instance labels (int32, ``0`` background, ``1..N``): the seeds ``markers`` (labels) grown over ``mask`` by a
+    watershed of ``landscape`` (lowest first), each region of ``mask`` that no seed reaches an object of its own,
+    objects under ``min_size`` pixels dropped."""
+    instances = watershed(landscape, markers=markers, mask=mask)
+    rest = connected_components(mask & (instances == 0))
+    return _drop_small(np.where(rest > 0, rest + instances.max(), instances), min_size)
 
 
 def star_objects(
